@@ -1,0 +1,282 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+
+	"github.com/tvd-dev/tvd/flow"
+)
+
+// Names of the sets and maps of the tvd table.
+const (
+	setScope   = "scope"   // ifname: EE and overlay interfaces (filtered)
+	setEEIfs   = "eeifs"   // ifname: local EE interfaces
+	setGwIfs   = "gwifs"   // ifname: interfaces of local gateway EEs
+	setQuarIfs = "quarifs" // ifname: interfaces of quarantined local EEs
+	mapIfCls   = "ifcls"   // ifname -> class of the local EE behind it
+	mapCls4    = "cls4"    // ipv4 -> class
+	mapCls6    = "cls6"    // ipv6 -> class
+	setBind4   = "bind4"   // ifname . ipv4: a local EE's own addresses
+	setBind6   = "bind6"   // ifname . ipv6
+	setQuar4   = "quar4"   // ipv4: quarantined addresses
+	setQuar6   = "quar6"   // ipv6
+	setCtrl4   = "ctrl4"   // ipv4: controller addresses
+	setCtrl6   = "ctrl6"   // ipv6
+	setCross   = "cross"   // class . class: origin may cross to final's domain
+	mapVerdict = "verdict" // class . class -> jump to a verdict chain
+)
+
+var (
+	typeClass     = nftables.TypeInteger
+	typeClassPair = nftables.MustConcatSetType(nftables.TypeInteger, nftables.TypeInteger)
+	typeBind4     = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)
+	typeBind6     = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIP6Addr)
+)
+
+// setDef describes one named set or map of the table.
+type setDef struct {
+	name   string
+	key    nftables.SetDatatype
+	data   *nftables.SetDatatype // nil: a plain set
+	concat bool
+	order  binaryutil.ByteOrder
+}
+
+var setDefs = []setDef{
+	{name: setScope, key: nftables.TypeIFName},
+	{name: setEEIfs, key: nftables.TypeIFName},
+	{name: setGwIfs, key: nftables.TypeIFName},
+	{name: setQuarIfs, key: nftables.TypeIFName},
+	{name: mapIfCls, key: nftables.TypeIFName, data: &typeClass},
+	{name: mapCls4, key: nftables.TypeIPAddr, data: &typeClass, order: binaryutil.BigEndian},
+	{name: mapCls6, key: nftables.TypeIP6Addr, data: &typeClass, order: binaryutil.BigEndian},
+	{name: setBind4, key: typeBind4, concat: true},
+	{name: setBind6, key: typeBind6, concat: true},
+	{name: setQuar4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
+	{name: setQuar6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
+	{name: setCtrl4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
+	{name: setCtrl6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
+	{name: setCross, key: typeClassPair, concat: true, order: binaryutil.NativeEndian},
+	{name: mapVerdict, key: typeClassPair, data: &nftables.TypeVerdict, concat: true, order: binaryutil.NativeEndian},
+}
+
+// state is the content of every set and map: set name -> element key ->
+// element value (the class bytes of a map, the target chain of the verdict
+// map, "" for a plain set). Keys and values are raw bytes held in strings.
+type state map[string]map[string]string
+
+// The verdict chains: the verdict map jumps to one of them, so each verdict
+// has its own named counter.
+const (
+	chainIntra        = "v-intra"
+	chainUnrestricted = "v-unrestricted"
+	chainP2PAllow     = "v-p2p-allow"
+	chainP2PDeny      = "v-p2p-deny"
+	chainNone         = "v-none"
+	chainViaDirect    = "v-via-direct"
+)
+
+// Counter names, as returned by Programmer.Counters.
+const (
+	CounterIntra          = "allow-intra-domain"
+	CounterUnrestricted   = "allow-unrestricted"
+	CounterP2PAllow       = "allow-point-to-point"
+	CounterController     = "allow-controller"
+	CounterP2PDeny        = "deny-point-to-point"
+	CounterNone           = "deny-none"
+	CounterViaDirect      = "deny-via-gateway-direct"
+	CounterQuarantine     = "deny-quarantine"
+	CounterSpoof          = "deny-spoofed-source"
+	CounterMisroute       = "deny-misrouted"
+	CounterGatewayRefused = "deny-gateway-refused"
+	CounterNonMember      = "deny-non-member"
+)
+
+// verdictChains maps each verdict chain to its counter and verdict.
+var verdictChains = []struct {
+	chain, counter string
+	accept         bool
+}{
+	{chainIntra, CounterIntra, true},
+	{chainUnrestricted, CounterUnrestricted, true},
+	{chainP2PAllow, CounterP2PAllow, true},
+	{chainP2PDeny, CounterP2PDeny, false},
+	{chainNone, CounterNone, false},
+	{chainViaDirect, CounterViaDirect, false},
+}
+
+// CounterNames lists every named counter of the table, in a stable order.
+func CounterNames() []string {
+	return []string{
+		CounterIntra, CounterUnrestricted, CounterP2PAllow, CounterController,
+		CounterP2PDeny, CounterNone, CounterViaDirect, CounterQuarantine,
+		CounterSpoof, CounterMisroute, CounterGatewayRefused, CounterNonMember,
+	}
+}
+
+// verdictChain returns the chain the verdict map sends a hop from class s
+// to class d to. It follows flow.Matrix.Decide.
+func verdictChain(m *flow.Matrix, s, d flow.ClassID) string {
+	dec := m.Decide(s, d)
+	if m.ClassDomain(s) == m.ClassDomain(d) {
+		return chainIntra
+	}
+	switch dec.Rule {
+	case flow.RuleUnrestricted:
+		return chainUnrestricted
+	case flow.RulePointToPoint:
+		if dec.Direct {
+			return chainP2PAllow
+		}
+		return chainP2PDeny
+	case flow.RuleViaGateway:
+		return chainViaDirect
+	}
+	return chainNone
+}
+
+func classBytes(c flow.ClassID) string {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], uint32(c))
+	return string(b[:])
+}
+
+func ifname(n string) string {
+	var b [16]byte
+	copy(b[:], n)
+	return string(b[:])
+}
+
+func addrBytes(a netip.Addr) string { return string(a.AsSlice()) }
+
+// compile turns a validated plan into the wanted content of every set.
+func compile(p *flow.Plan) state {
+	st := make(state, len(setDefs))
+	for _, d := range setDefs {
+		st[d.name] = make(map[string]string)
+	}
+	put := func(set, k, v string) { st[set][k] = v }
+	for _, n := range p.EEInterfaces {
+		put(setScope, ifname(n), "")
+		put(setEEIfs, ifname(n), "")
+	}
+	for _, n := range p.OverlayInterfaces {
+		put(setScope, ifname(n), "")
+	}
+	quar := make(map[string]bool, len(p.Quarantine))
+	for _, q := range p.Quarantine {
+		quar[q] = true
+	}
+	m := p.Matrix
+	for _, mem := range p.Members {
+		cls := classBytes(mem.Class)
+		if mem.Iface != "" {
+			ifn := ifname(mem.Iface)
+			put(mapIfCls, ifn, cls)
+			if m.IsGateway(mem.Class) {
+				put(setGwIfs, ifn, "")
+			}
+			if quar[mem.EE] {
+				put(setQuarIfs, ifn, "")
+			}
+		}
+		for _, a := range mem.Addrs {
+			ab := addrBytes(a)
+			if a.Is4() {
+				put(mapCls4, ab, cls)
+				if mem.Iface != "" {
+					put(setBind4, ifname(mem.Iface)+ab, "")
+				}
+				if quar[mem.EE] {
+					put(setQuar4, ab, "")
+				}
+			} else {
+				put(mapCls6, ab, cls)
+				if mem.Iface != "" {
+					put(setBind6, ifname(mem.Iface)+ab, "")
+				}
+				if quar[mem.EE] {
+					put(setQuar6, ab, "")
+				}
+			}
+		}
+	}
+	for _, c := range p.Controllers {
+		if c.Is4() {
+			put(setCtrl4, addrBytes(c), "")
+		} else {
+			put(setCtrl6, addrBytes(c), "")
+		}
+	}
+	n := m.NumClasses()
+	for s := range n {
+		for d := range n {
+			sc, dc := flow.ClassID(s), flow.ClassID(d)
+			key := classBytes(sc) + classBytes(dc)
+			put(mapVerdict, key, verdictChain(m, sc, dc))
+			if m.MayCross(sc, m.ClassDomain(dc)) {
+				put(setCross, key, "")
+			}
+		}
+	}
+	return st
+}
+
+// setChange is the change of one set: elements to delete, then to add.
+type setChange struct {
+	name     string
+	del, add []nftables.SetElement
+}
+
+// diff returns the per-set changes that turn old into new, in setDefs
+// order. A map element whose value changed is deleted and added again.
+func diff(old, new state) []setChange {
+	var out []setChange
+	for _, d := range setDefs {
+		o, n := old[d.name], new[d.name]
+		var ch setChange
+		ch.name = d.name
+		for k, ov := range o {
+			if nv, ok := n[k]; !ok || nv != ov {
+				ch.del = append(ch.del, element(d, k, ov))
+			}
+		}
+		for k, nv := range n {
+			if ov, ok := o[k]; !ok || ov != nv {
+				ch.add = append(ch.add, element(d, k, nv))
+			}
+		}
+		if len(ch.del)+len(ch.add) == 0 {
+			continue
+		}
+		sortElems(ch.del)
+		sortElems(ch.add)
+		out = append(out, ch)
+	}
+	return out
+}
+
+func sortElems(es []nftables.SetElement) {
+	sort.Slice(es, func(i, j int) bool { return string(es[i].Key) < string(es[j].Key) })
+}
+
+func element(d setDef, k, v string) nftables.SetElement {
+	e := nftables.SetElement{Key: []byte(k)}
+	switch {
+	case d.data == nil:
+	case d.data.Name == nftables.TypeVerdict.Name:
+		e.VerdictData = verdictFor(v)
+	default:
+		e.Val = []byte(v)
+	}
+	return e
+}
+
+func (c setChange) String() string {
+	return fmt.Sprintf("%s: -%d +%d", c.name, len(c.del), len(c.add))
+}

@@ -1,0 +1,77 @@
+// Package nft enforces a node's flow plan (flow.Plan) with nftables, over
+// netlink (google/nftables; no nft binary).
+//
+// A Programmer owns one table, "inet tvd", in the node's network namespace.
+// Its base chain hooks forward; only packets entering or leaving through an
+// EE-facing or overlay interface of the plan are judged, so the encrypted
+// underlay is never cut. Enforcement sits outside the EEs: root inside an
+// EE cannot lift it.
+//
+// # Per-packet cost
+//
+// The rule set is fixed; members, interfaces, the quarantine and the matrix
+// live in sets and maps, so the work per packet does not grow with the
+// number of members (hash lookups only):
+//
+//   - cls4/cls6: overlay address -> class; ifcls: EE interface -> class of
+//     the local EE behind it;
+//   - verdict: "class . class" -> jump to a verdict chain. The two classes
+//     are looked up into adjacent 32-bit registers and the 8-byte
+//     concatenation is looked up in the verdict map. Each verdict chain has
+//     a named counter (allow-intra-domain, allow-unrestricted,
+//     allow-point-to-point, deny-point-to-point, deny-none,
+//     deny-via-gateway-direct);
+//   - cross: "origin class . final class" pairs for which
+//     flow.Matrix.MayCross(origin, domain of final) holds;
+//   - bind4/bind6: "EE interface . address" pairs: which local EE owns which
+//     address; gwifs: interfaces of local gateway EEs;
+//   - quar4/quar6/quarifs: quarantined addresses and interfaces;
+//     ctrl4/ctrl6: controller addresses.
+//
+// # Semantics
+//
+// A packet is judged per hop: a hop goes from the packet's origin-side end
+// to its final-side end. A local end (an EE interface) is classified by its
+// interface, a remote end (through the overlay) by the packet's address. In
+// the reply direction of a conntrack entry the roles swap, so a reply
+// passes exactly when the flow it answers would pass now: a changed cell or
+// a removed member also cuts established flows.
+//
+//  1. Traffic from or to a controller address is accepted.
+//  2. Traffic from or to a quarantined EE (by address or by its interface)
+//     is dropped.
+//  3. A local end whose EE does not own the packet's address on that end is
+//     either a gateway forwarding someone else's flow or a spoofer: if the
+//     EE is not a gateway the packet is dropped (deny-spoofed-source,
+//     deny-misrouted); if it is, the flow's origin class must be allowed
+//     to cross into the final destination's domain (cross set), else
+//     deny-gateway-refused. A forwarded packet keeps its origin source
+//     address.
+//  4. The hop's two classes select the verdict: intra-domain allow,
+//     unrestricted allow, none drop, point-to-point allow only to the
+//     cell's roles, via-gateway drop when direct (flow.Matrix.Decide).
+//     So the hops of a via-gateway flow pass one by one: origin to its
+//     gateway (intra-domain), gateway to gateway (point-to-point), gateway
+//     to destination (intra-domain).
+//  5. An end that is in no map (a non-member) is dropped (deny-non-member).
+//
+// # Updates
+//
+// The first Apply builds the table in one transaction. Every later Apply
+// computes the difference to the last applied plan and sends only the
+// changed set and map elements as one netlink transaction (one batch,
+// atomic in the kernel); chains and rules are created once and keep their
+// handles.
+//
+// # What it does not do
+//
+// It filters the forward hook only: traffic between an EE and the node
+// itself (input/output) is not judged. When the other end of a hop is on
+// another node, the sending EE behind the overlay cannot be identified, so
+// a gateway flow arriving from a remote gateway at a local gateway is
+// judged with the origin's class and refused (fail closed): cross-node
+// gateway chains need the overlay to name the forwarding gateway. It trusts
+// the plan's addresses and interfaces; it does not detect changes made to
+// its table by someone else until a transaction fails, after which the next
+// Apply rebuilds the table.
+package nft
