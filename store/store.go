@@ -27,6 +27,19 @@
 // therefore: Get the key, compute, Commit guarded by RevIs(key, kv.Rev), and
 // retry on ErrConflict; Update does exactly that.
 //
+// # Mapping onto etcd
+//
+// Get is a Range of one key (Rev is its ModRevision). List is a Range from
+// max(prefix, After+"\x00") to the prefix's end with the limit, which etcd
+// answers from one revision. Commit is one Txn: If holds a compare per
+// condition (Absent: CreateRevision == 0; Present: CreateRevision > 0;
+// RevIs: ModRevision == n), Then holds the puts and deletes, and Else reads
+// the condition keys so that the backend can name the failed condition in
+// its ConflictError. The Txn's header revision is Commit's result; etcd
+// also leaves the revision alone when a Txn changes nothing. The limits
+// above are etcd's default --max-txn-ops and a request size the cluster
+// must be configured to accept.
+//
 // # What is not here
 //
 // There is no Watch: a watch that is correct on both backends needs a history
