@@ -126,6 +126,10 @@ func (b *Builder) Set(src ClassID, dst int, rule Rule, roles uint64) {
 	if rule != RulePointToPoint {
 		roles = 0
 	}
+	if roles == 0 {
+		b.m.cells[int(src)*len(b.m.domains)+dst] = uint32(rule)
+		return
+	}
 	idx, ok := b.setIdx[roles]
 	if !ok {
 		idx = uint32(len(b.m.roleSets))
@@ -295,9 +299,9 @@ type Row struct {
 	Roles []string `json:"roles,omitempty"` // point-to-point destination roles
 }
 
-// Rows returns every cross-domain cell in class then domain order, for
-// explanation, golden files and reports. Intra-domain cells are omitted:
-// they are always unrestricted.
+// Rows returns every cross-domain cell that lets something through, in
+// class then domain order, for golden files, plans and reports. Cells that
+// are not listed are none; intra-domain cells are always unrestricted.
 func (m *Matrix) Rows() []Row {
 	var out []Row
 	for c := 0; c < len(m.classDom); c++ {
@@ -307,6 +311,9 @@ func (m *Matrix) Rows() []Row {
 				continue
 			}
 			rule, mask := m.Cell(ClassID(c), dd)
+			if rule == RuleNone {
+				continue
+			}
 			out = append(out, Row{From: d + "/" + r, To: m.domains[dd].Name, Rule: rule.String(), Roles: m.RoleNames(dd, mask)})
 		}
 	}

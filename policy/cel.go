@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
@@ -67,6 +68,11 @@ func compileExpr(env *cel.Env, r *Requirement, e *errs) cel.Program {
 				p.Col = loc.Column() + 1
 			}
 			msg := ce.Message
+			if strings.HasPrefix(msg, "undeclared reference") {
+				if id := identAt(r.Expr, loc.Line(), loc.Column()); id != "" {
+					msg = fmt.Sprintf("claim %q is not declared; declare it in a Claims document, or use a built-in claim (%s)", id, strings.Join(sortedKeys(builtinClaims), ", "))
+				}
+			}
 			e.add(p, "requirement %q: %s", r.ID.Value, msg)
 		}
 		return nil
@@ -124,4 +130,24 @@ func typeName(v any) string {
 		return "list(string)"
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// identAt returns the dotted identifier starting at line/col (1-based line,
+// 0-based column) of src.
+func identAt(src string, line, col int) string {
+	lines := strings.Split(src, "\n")
+	if line < 1 || line > len(lines) || col < 0 || col >= len(lines[line-1]) {
+		return ""
+	}
+	l := lines[line-1][col:]
+	end := 0
+	for end < len(l) {
+		c := l[end]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' {
+			end++
+			continue
+		}
+		break
+	}
+	return strings.TrimRight(l[:end], ".")
 }

@@ -656,8 +656,9 @@ func (c *compiler) compileFlows(names []string) {
 	for i, n := range names {
 		domIdx[n] = i
 	}
-	// origin remembers which written cell set each matrix cell, so a
-	// contradiction found after building points at the cell the user wrote.
+	// origin remembers which written cell set each via-gateway matrix cell,
+	// so a contradiction found after building points at the cell the user
+	// wrote.
 	type key struct {
 		src flow.ClassID
 		dst int
@@ -670,9 +671,20 @@ func (c *compiler) compileFlows(names []string) {
 		for i, r := range roles {
 			roleIdx[r] = i
 		}
-		// Resolve wildcards: specific role and domain beat "*".
-		type cellKey struct{ role, dom string }
-		cells := map[cellKey]*FlowCell{}
+		// Resolve wildcards: a specific role and domain beat "*". The
+		// lookups are per source role, so the dense matrix is filled with
+		// one small map probe per cell.
+		type roleCells struct {
+			byDom map[int]*FlowCell
+			star  *FlowCell
+		}
+		rc := map[string]*roleCells{}
+		get := func(role string) *roleCells {
+			if rc[role] == nil {
+				rc[role] = &roleCells{byDom: map[int]*FlowCell{}}
+			}
+			return rc[role]
+		}
 		for _, fc := range d.Flows {
 			ok := true
 			if fc.From.Value != "*" {
@@ -681,11 +693,13 @@ func (c *compiler) compileFlows(names []string) {
 					ok = false
 				}
 			}
+			dj := -1
 			if fc.To.Value == n {
 				c.e.add(fc.To.Pos, "domain %q flows: a cell towards its own domain contradicts the rule that intra-domain traffic is always allowed; remove it", n)
 				ok = false
 			} else if fc.To.Value != "*" {
-				if _, found := domIdx[fc.To.Value]; !found {
+				var found bool
+				if dj, found = domIdx[fc.To.Value]; !found {
 					c.e.add(fc.To.Pos, "domain %q flows: destination domain %q is not defined%s", n, fc.To.Value, suggest(fc.To.Value, names))
 					ok = false
 				}
@@ -705,25 +719,34 @@ func (c *compiler) compileFlows(names []string) {
 					ok = false
 				}
 			}
-			if ok {
-				cells[cellKey{fc.From.Value, fc.To.Value}] = fc
+			if !ok {
+				continue
+			}
+			r := get(fc.From.Value)
+			if dj < 0 {
+				r.star = fc
+			} else {
+				r.byDom[dj] = fc
 			}
 		}
+		star := get("*")
 		for ri, r := range roles {
 			src := b.Class(di, ri)
-			for dj, dn := range names {
+			own := get(r)
+			isGateway := slices.Contains(specs[di].Gateways, ri)
+			for dj := range names {
 				if dj == di {
 					continue
 				}
-				fc := cells[cellKey{r, dn}]
+				fc := own.byDom[dj]
 				if fc == nil {
-					fc = cells[cellKey{r, "*"}]
+					fc = own.star
 				}
 				if fc == nil {
-					fc = cells[cellKey{"*", dn}]
+					fc = star.byDom[dj]
 				}
 				if fc == nil {
-					fc = cells[cellKey{"*", "*"}]
+					fc = star.star
 				}
 				if fc == nil {
 					continue // RuleNone by default
@@ -731,7 +754,7 @@ func (c *compiler) compileFlows(names []string) {
 				rule, _ := flow.ParseRule(fc.Rule.Value)
 				// A wildcard via-gateway does not apply to gateway roles:
 				// they are asked to use point-to-point explicitly.
-				if rule == flow.RuleViaGateway && slices.Contains(specs[di].Gateways, ri) {
+				if rule == flow.RuleViaGateway && isGateway {
 					continue
 				}
 				var mask uint64
@@ -741,8 +764,13 @@ func (c *compiler) compileFlows(names []string) {
 						continue
 					}
 				}
+				if rule == flow.RuleNone {
+					continue
+				}
 				b.Set(src, dj, rule, mask)
-				origin[key{src, dj}] = fc
+				if rule == flow.RuleViaGateway {
+					origin[key{src, dj}] = fc
+				}
 			}
 		}
 	}

@@ -57,10 +57,22 @@ func (es Errors) sort() {
 }
 
 // errs collects errors.
-type errs struct{ list Errors }
+type errs struct {
+	list Errors
+	seen map[Error]bool
+}
 
+// add records a problem once, however often it is found.
 func (e *errs) add(p Pos, format string, args ...any) {
-	e.list = append(e.list, &Error{Pos: p, Msg: fmt.Sprintf(format, args...)})
+	err := Error{Pos: p, Msg: fmt.Sprintf(format, args...)}
+	if e.seen[err] {
+		return
+	}
+	if e.seen == nil {
+		e.seen = map[Error]bool{}
+	}
+	e.seen[err] = true
+	e.list = append(e.list, &err)
 }
 
 func (e *errs) err() error {

@@ -437,4 +437,3 @@ func (l *lab) programmer() *Programmer {
 	})
 	return p
 }
-

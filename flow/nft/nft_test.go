@@ -1,6 +1,11 @@
 package nft
 
 import (
+	"os"
+	"reflect"
+	"time"
+
+	"github.com/google/nftables"
 	"testing"
 
 	"github.com/tvd-dev/tvd/flow"
@@ -65,4 +70,194 @@ func TestTable3EveryPair(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.run(l.pairs(all, everything))
+}
+
+func counters(t testing.TB, p *Programmer) map[string]Counter {
+	t.Helper()
+	c, err := p.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestCounters sends one flow per verdict and checks that exactly the
+// matching counter grows.
+func TestCounters(t *testing.T) {
+	l := table3Lab(t)
+	m := table3(t, false)
+	p := l.programmer()
+	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
+		t.Fatal(err)
+	}
+	c := counters(t, p)
+	for _, n := range CounterNames() {
+		if _, ok := c[n]; !ok {
+			t.Errorf("counter %s missing", n)
+		}
+	}
+	tests := []struct {
+		from, to string
+		counter  string
+		pass     bool
+	}{
+		{"y-dc", "y-mc", CounterIntra, true},
+		{"y-gw", "r-gw", CounterP2PAllow, true},
+		{"y-gw", "r-os", CounterP2PDeny, false},
+		{"y-dc", "r-gw", CounterNone, false},
+		{"y-mc", "r-os", CounterViaDirect, false},
+		{"x", "r-os", CounterNonMember, false},
+		{"r-os", "ctl", CounterController, true},
+	}
+	for _, tt := range tests {
+		before := counters(t, p)
+		ok, err := dial(l.ees[tt.from].ns, l.ees[tt.to].addr4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != tt.pass {
+			t.Errorf("%s -> %s passed=%v, want %v", tt.from, tt.to, ok, tt.pass)
+		}
+		after := counters(t, p)
+		for _, n := range CounterNames() {
+			grew := after[n].Packets > before[n].Packets
+			if n == tt.counter && !grew {
+				t.Errorf("%s -> %s: counter %s did not grow (%d)", tt.from, tt.to, n, after[n].Packets)
+			}
+			if n != tt.counter && grew {
+				t.Errorf("%s -> %s: counter %s grew from %d to %d", tt.from, tt.to, n, before[n].Packets, after[n].Packets)
+			}
+		}
+		if after[tt.counter].Bytes <= before[tt.counter].Bytes {
+			t.Errorf("%s -> %s: bytes of %s did not grow", tt.from, tt.to, tt.counter)
+		}
+	}
+}
+
+func TestQuarantine(t *testing.T) {
+	l := table3Lab(t)
+	m := table3(t, false)
+	p := l.programmer()
+	if err := p.Apply(l.planFor(m, table3EEs, "y-mc")); err != nil {
+		t.Fatal(err)
+	}
+	d := decide(t, m)
+	l.run(l.pairs(table3EEs, func(a, b member) bool {
+		if a.name == "y-mc" || b.name == "y-mc" {
+			return false
+		}
+		return d(a, b)
+	}))
+	before := counters(t, p)[CounterQuarantine]
+	// The quarantined EE still reaches the controller; so do the others.
+	ctl := l.ees["ctl"].addr4
+	l.run([]probe{
+		{from: "y-mc", to: "ctl", addr: ctl, want: true},
+		{from: "y-dc", to: "ctl", addr: ctl, want: true},
+		{from: "ctl", to: "y-mc", addr: l.ees["y-mc"].addr4, want: true},
+		{from: "y-mc", to: "y-dc", addr: l.ees["y-dc"].addr4, want: false},
+	})
+	if after := counters(t, p)[CounterQuarantine]; after.Packets <= before.Packets {
+		t.Errorf("quarantine counter did not grow: %d -> %d", before.Packets, after.Packets)
+	}
+	// Lifting the quarantine restores the matrix.
+	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
+		t.Fatal(err)
+	}
+	l.run(l.pairs(table3EEs, d))
+}
+
+// ruleHandles reads the handle of every rule of every chain of the table
+// through a connection of the test's own.
+func ruleHandles(t testing.TB, c *nftables.Conn, table string) map[string][]uint64 {
+	t.Helper()
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]uint64{}
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			out[ch.Name] = append(out[ch.Name], r.Handle)
+		}
+	}
+	return out
+}
+
+func nsConn(t testing.TB, path string) *nftables.Conn {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseLasting() })
+	return c
+}
+
+// TestIncrementalUpdate adds a member and changes a cell in one Apply and
+// checks that it is one transaction of set-element changes only: the
+// rules keep their handles, and the new policy holds for real packets.
+func TestIncrementalUpdate(t *testing.T) {
+	l := table3Lab(t)
+	p := l.programmer()
+	closed := table3(t, false)
+	if err := p.Apply(l.planFor(closed, table3EEs)); err != nil {
+		t.Fatal(err)
+	}
+	c := nsConn(t, l.nsPath())
+	before := ruleHandles(t, c, TableName)
+	if len(before[chainForward]) != 2 || len(before) < 10 {
+		t.Fatalf("unexpected rule set before the update: %v", before)
+	}
+	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))
+	events, err := c.AddGenerationalMonitor(mon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+
+	open := table3(t, true)
+	grown := append(append([]member{}, table3EEs...), outsider)
+	if err := p.Apply(l.planFor(open, grown)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case gen := <-events:
+		if len(gen.Changes) == 0 {
+			t.Fatal("transaction with no changes")
+		}
+		for _, ev := range gen.Changes {
+			if ev.Type != nftables.MonitorEventTypeNewSetElem && ev.Type != nftables.MonitorEventTypeDelSetElem {
+				t.Errorf("update changed more than set elements: event type %d", ev.Type)
+			}
+		}
+		t.Logf("update: one transaction of %d element changes", len(gen.Changes))
+	case <-time.After(2 * time.Second):
+		t.Fatal("no transaction seen")
+	}
+	// Applying the same plan again sends nothing.
+	if err := p.Apply(l.planFor(open, grown)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case gen := <-events:
+		t.Errorf("idempotent Apply sent a transaction: %d changes", len(gen.Changes))
+	case <-time.After(300 * time.Millisecond):
+	}
+	if after := ruleHandles(t, c, TableName); !reflect.DeepEqual(before, after) {
+		t.Errorf("rule handles changed:\nbefore %v\nafter  %v", before, after)
+	}
+	l.run(l.pairs(grown, decide(t, open)))
 }

@@ -189,12 +189,13 @@ func (p *Programmer) ruleset() []chainRules {
 // its two hop-check chains.
 func (p *Programmer) directionChains(d direction, f family) []chainRules {
 	o, fin := d.origin, d.final
-	// mismatch matches when the end s is a local EE interface whose EE does
-	// not own the end's address: a gateway forwarding someone else's flow,
-	// or a spoofed/misrouted packet.
+	// mismatch matches when the end s is a member's local interface whose
+	// EE does not own the end's address: a gateway forwarding someone
+	// else's flow, or a spoofed/misrouted packet. (An EE interface with no
+	// member behind it is a non-member.)
 	mismatch := func(s side) []expr.Any {
 		return ex(
-			loadIf(s, reg2), p.in(setEEIfs, reg2, false),
+			loadIf(s, reg2), p.in(mapIfCls, reg2, false),
 			loadIf(s, reg1), loadAddr(f, s, f.bindAddrReg), p.in(f.bind, reg1, true),
 		)
 	}
