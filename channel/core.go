@@ -1,0 +1,155 @@
+package channel
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/device"
+)
+
+// ErrClosed is returned by operations on a closed interface.
+var ErrClosed = errors.New("channel: interface closed")
+
+// core is the part shared by both data planes: a running wireguard-go
+// device and the peer set it was last given.
+type core struct {
+	log  *slog.Logger
+	dev  *device.Device
+	self PublicKey
+
+	mu     sync.Mutex
+	peers  map[PublicKey]Peer // as last applied; normalised
+	closed bool
+	// afterPeers, if set, runs (under mu) after wireguard-go accepted a new
+	// peer set; the TUN data plane uses it to sync routes.
+	afterPeers func(peers map[PublicKey]Peer) error
+}
+
+func newCore(log *slog.Logger, dev *device.Device, key PrivateKey) (*core, error) {
+	if err := dev.SetPrivateKey(device.NoisePrivateKey(key)); err != nil {
+		return nil, fmt.Errorf("set private key: %w", err)
+	}
+	return &core{log: log, dev: dev, self: key.PublicKey(), peers: map[PublicKey]Peer{}}, nil
+}
+
+// wgLogger adapts wireguard-go's printf logger to slog. wireguard-go never
+// prints key material (peers appear as abbreviated public keys).
+func wgLogger(log *slog.Logger) *device.Logger {
+	return &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			log.Debug(fmt.Sprintf(format, args...), "component", "wireguard-go")
+		},
+		Errorf: func(format string, args ...any) {
+			log.Warn(fmt.Sprintf(format, args...), "component", "wireguard-go")
+		},
+	}
+}
+
+// setPeers applies peers incrementally; see Interface.SetPeers.
+func (c *core) setPeers(peers []Peer) error {
+	next, err := normalisePeers(peers, c.self)
+	if err != nil {
+		return fmt.Errorf("set peers: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	d := diffPeers(c.peers, next)
+	if d.uapi == "" {
+		return nil
+	}
+	if err := c.dev.IpcSet(d.uapi); err != nil {
+		// Part of the operation may have been applied: resynchronise from
+		// the device so the next call diffs against the truth.
+		if st, gerr := c.stateLocked(); gerr == nil {
+			c.peers = make(map[PublicKey]Peer, len(st.Peers))
+			for _, p := range st.Peers {
+				c.peers[p.PublicKey] = p.Peer
+			}
+		} else {
+			c.log.Error("resynchronise peers after failed update", "err", gerr)
+		}
+		return fmt.Errorf("set peers: apply to wireguard-go: %w", err)
+	}
+	c.peers = make(map[PublicKey]Peer, len(next))
+	for _, p := range next {
+		c.peers[p.PublicKey] = p
+	}
+	c.log.Info("peers updated", "added", d.added, "removed", d.removed, "updated", d.updated, "peers", len(next))
+	if c.afterPeers != nil {
+		if err := c.afterPeers(c.peers); err != nil {
+			return fmt.Errorf("set peers: %w", err)
+		}
+	}
+	return nil
+}
+
+// peerStatus returns the configured peers with their live state, sorted by
+// public key. Endpoint is the one wireguard-go currently uses (it follows
+// roaming peers).
+func (c *core) peerStatus() ([]PeerStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	st, err := c.stateLocked()
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return st.Peers, nil
+}
+
+func (c *core) listenPort() (uint16, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, ErrClosed
+	}
+	st, err := c.stateLocked()
+	return st.ListenPort, err
+}
+
+// stateLocked reads the device state. The UAPI text includes the private
+// key in hex: our copy is wiped before returning and never leaves this
+// function (wireguard-go's internal buffer pool is outside our control).
+func (c *core) stateLocked() (deviceState, error) {
+	var buf bytes.Buffer
+	err := c.dev.IpcGetOperation(&buf)
+	defer func() { clear(buf.Bytes()) }()
+	if err != nil {
+		return deviceState{}, fmt.Errorf("read wireguard-go state: %w", err)
+	}
+	st, err := parseUAPIGet(buf.Bytes())
+	if err != nil {
+		return deviceState{}, fmt.Errorf("read wireguard-go state: %w", err)
+	}
+	return st, nil
+}
+
+// configured returns a copy of the peer set as last applied.
+func (c *core) configured() map[PublicKey]Peer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.peers)
+}
+
+// close stops the device once; it reports whether this call closed it.
+func (c *core) close() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.closed = true
+	c.dev.Close()
+	return true
+}

@@ -1,0 +1,34 @@
+// Package channel is the per-domain protected channel of tvd: an encrypted,
+// authenticated WireGuard overlay that only a domain's admitted members hold
+// keys for. There is one WireGuard interface and one key pair per (node,
+// domain).
+//
+// Two data planes implement the same API:
+//
+//   - [Interface] (see [New]) runs wireguard-go on a kernel TUN device,
+//     optionally created inside a network namespace, with its overlay
+//     address and routes programmed over netlink. Kernel WireGuard is
+//     detected (by trying to create a link of type wireguard) and logged,
+//     but this package always uses wireguard-go: the kernel path would need
+//     wgctrl, which is not a dependency of the module.
+//   - [Userspace] (see [NewUserspace]) runs wireguard-go over the gVisor
+//     netstack, for development without root and for the process isolation
+//     driver: the caller dials and listens on the returned [netstack.Net],
+//     and the underlay is an ordinary UDP socket (typically on loopback).
+//
+// Peer sets are applied incrementally: [Interface.SetPeers] computes the
+// difference to the current peers and sends wireguard-go only the additions,
+// removals and changes, so the sessions of unchanged peers survive.
+// Revocation is removing a peer: once SetPeers returns, the removed peer's
+// handshakes and transport packets are rejected.
+//
+// Private keys never leave the node: they are persisted with 0600
+// permissions by [LoadOrCreateKey], are never logged, and [PrivateKey]
+// formats itself as a redacted string.
+//
+// What the channel does NOT do: it does not decide who is a member (the
+// controller does, and hands the agent the peer list), it does not filter
+// cross-domain traffic (package flow does), and it does not authenticate
+// underlay endpoints beyond what WireGuard's Noise handshake proves (that the
+// sender holds the private key of a configured peer).
+package channel
