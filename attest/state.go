@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"unsafe"
 )
 
 // NodeState is the verifier's memory of one enrolled node: its AK, the
@@ -165,4 +166,15 @@ func (st *NodeState) UnmarshalBinary(data []byte) error {
 	n.ak = ak
 	*st = n
 	return nil
+}
+
+// memSize estimates the bytes st occupies in memory, including its AK.
+func (st *NodeState) memSize() int {
+	n := int(unsafe.Sizeof(*st))
+	n += 8*cap(st.pcrs) + 32*cap(st.values)
+	if st.ak != nil {
+		n += int(unsafe.Sizeof(*st.ak)) + cap(st.ak.Public) + cap(st.ak.Name)
+		n += int(unsafe.Sizeof(*st.ak.Key)) + 2*(32+24) // X, Y big.Int words and headers
+	}
+	return n
 }
