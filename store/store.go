@@ -52,6 +52,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -307,6 +308,45 @@ func ValidateKey(key string) error {
 		return fmt.Errorf("%w: key %q is not valid UTF-8", ErrInvalid, key)
 	}
 	return nil
+}
+
+// Key joins segments into a key with '/' between them, such as
+// Key("nodes", id) == "nodes/"+id. Each segment must be non-empty, valid
+// UTF-8 and free of '/', so that a name taken from a peer or a user cannot
+// reach into another key's subtree (a node named "n1/x" would otherwise
+// show up in List("nodes/n1/")). The joined key must be valid.
+func Key(segments ...string) (string, error) {
+	if len(segments) == 0 {
+		return "", fmt.Errorf("%w: key with no segments", ErrInvalid)
+	}
+	for i, seg := range segments {
+		switch {
+		case seg == "":
+			return "", fmt.Errorf("%w: key segment %d is empty", ErrInvalid, i)
+		case strings.Contains(seg, "/"):
+			return "", fmt.Errorf("%w: key segment %d %.64q contains '/'", ErrInvalid, i, seg)
+		case !utf8.ValidString(seg):
+			return "", fmt.Errorf("%w: key segment %d %.64q is not valid UTF-8", ErrInvalid, i, seg)
+		}
+	}
+	key := strings.Join(segments, "/")
+	if err := ValidateKey(key); err != nil {
+		return "", err
+	}
+	return key, nil
+}
+
+// Prefix is Key followed by '/': the List prefix of everything under the
+// segments, such as Prefix("nodes") == "nodes/".
+func Prefix(segments ...string) (string, error) {
+	key, err := Key(segments...)
+	if err != nil {
+		return "", err
+	}
+	if len(key)+1 > MaxKeyLen {
+		return "", fmt.Errorf("%w: prefix %.32q... is %d bytes: want at most %d", ErrInvalid, key, len(key)+1, MaxKeyLen)
+	}
+	return key + "/", nil
 }
 
 // ValidatePrefix reports whether prefix is a valid List prefix: like a key,

@@ -133,3 +133,45 @@ func TestConflictError(t *testing.T) {
 		t.Fatalf("unknown kind prints %q", got)
 	}
 }
+
+func TestKeyAndPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		segs []string
+		key  string // "" means an error is expected
+	}{
+		{[]string{"nodes", "n1"}, "nodes/n1"},
+		{[]string{"ipam", "dom-a", "10.0.0.1"}, "ipam/dom-a/10.0.0.1"},
+		{[]string{"é"}, "é"},
+		{nil, ""},
+		{[]string{"nodes", ""}, ""},
+		{[]string{"nodes", "n1/x"}, ""},
+		{[]string{"nodes", "/"}, ""},
+		{[]string{"nodes", "\xff"}, ""},
+		{[]string{"nodes", strings.Repeat("n", store.MaxKeyLen)}, ""},
+	} {
+		key, err := store.Key(tc.segs...)
+		if tc.key == "" {
+			if !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("Key(%.40q) = %q, %v; want ErrInvalid", tc.segs, key, err)
+			}
+			if _, err := store.Prefix(tc.segs...); !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("Prefix(%.40q): %v, want ErrInvalid", tc.segs, err)
+			}
+			continue
+		}
+		if err != nil || key != tc.key {
+			t.Errorf("Key(%q) = %q, %v; want %q", tc.segs, key, err, tc.key)
+		}
+		if p, err := store.Prefix(tc.segs...); err != nil || p != tc.key+"/" {
+			t.Errorf("Prefix(%q) = %q, %v; want %q", tc.segs, p, err, tc.key+"/")
+		}
+	}
+	// A key of exactly MaxKeyLen bytes is valid, but its prefix is not.
+	long := strings.Repeat("n", store.MaxKeyLen-len("nodes/"))
+	if _, err := store.Key("nodes", long); err != nil {
+		t.Errorf("Key at the limit: %v", err)
+	}
+	if _, err := store.Prefix("nodes", long); !errors.Is(err, store.ErrInvalid) {
+		t.Errorf("Prefix over the limit: %v, want ErrInvalid", err)
+	}
+}

@@ -108,7 +108,7 @@ func TestCrashSafety(t *testing.T) {
 	const rounds = 10
 	prev := 0
 	for round := range rounds {
-		acked := runAndKill(t, path)
+		acked := runAndKill(t, path, round == 0)
 		if len(acked) == 0 {
 			t.Fatalf("round %d: the child acknowledged nothing before it was killed", round)
 		}
@@ -123,7 +123,9 @@ func TestCrashSafety(t *testing.T) {
 
 // runAndKill starts the child, lets it acknowledge some batches, kills it
 // at a random moment and returns the batches it acknowledged, in order.
-func runAndKill(t *testing.T, path string) []int {
+// With checkLock it also checks, while the child runs, that this process
+// cannot open the store the child holds.
+func runAndKill(t *testing.T, path string, checkLock bool) []int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashEnv+"="+path)
@@ -174,6 +176,16 @@ func runAndKill(t *testing.T, path string) []int {
 		record(line)
 	case <-time.After(20 * time.Second):
 		t.Fatalf("child acknowledged nothing in 20s: %s", stderr.String())
+	}
+	if checkLock {
+		s, err := bolt.Open(path, bolt.WithLockTimeout(100*time.Millisecond))
+		if err == nil {
+			s.Close()
+			t.Fatal("opened the store while the child process held it")
+		}
+		if !errors.Is(err, bolt.ErrLocked) || !strings.Contains(err.Error(), "store "+path+" is in use by another process") {
+			t.Fatalf("open while the child holds the store: %v, want ErrLocked naming the file", err)
+		}
 	}
 	kill := time.After(time.Duration(rand.Int64N(int64(80 * time.Millisecond))))
 wait:
