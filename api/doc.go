@@ -6,6 +6,10 @@
 //     clients for AgentService (node agent ↔ controller) and AdminService
 //     (administrators and auditors ↔ controller).
 //
+// This package itself converts between the vocabulary of package tvd and
+// the wire types (MemberToProto, StatusFromProto, ...). Unknown wire values
+// never become a stronger assurance or a passing status.
+//
 // The services speak the Connect, gRPC and gRPC-Web protocols over HTTP/2
 // with mutual TLS; certificates come from package ca. The generated code is
 // committed; scripts/generate.sh regenerates it with pinned versions of buf,
