@@ -68,9 +68,11 @@ func New(cfg Config) (*Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	kernel := detectKernelWireGuard(i.nl, log)
-	log.Info("wireguard implementation", "backend", BackendTUN, "kernel_wireguard", kernel,
-		"note", "kernel WireGuard needs wgctrl, which is not linked; using wireguard-go")
+	if detectKernelWireGuard(i.nl, log) {
+		log.Info("kernel WireGuard is available but unused (wgctrl is not linked); using wireguard-go", "backend", BackendTUN)
+	} else {
+		log.Info("kernel WireGuard is not available; using wireguard-go", "backend", BackendTUN)
+	}
 
 	mtu := cfg.mtu()
 	err = inNetNS(i.ns, func() error {
