@@ -45,14 +45,15 @@ case "${1:-}" in
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
 	buf generate --template buf.gen.yaml --output "$tmp"
-	if ! diff -r "$tmp/gen" gen; then
+	if ! diff -r -x doc.go "$tmp/gen" gen; then
 		echo "generate: api/gen is stale; run scripts/generate.sh and commit" >&2
 		exit 1
 	fi
 	echo "generate: api/gen is up to date"
 	;;
 "")
-	rm -rf gen
+	# Remove only generated files: the hand-written doc.go files stay.
+	find gen -name '*.pb.go' -delete -o -name '*.connect.go' -delete
 	buf generate --template buf.gen.yaml
 	echo "generate: regenerated api/gen"
 	;;
