@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"fmt"
@@ -189,17 +190,14 @@ func parseTCGSAN(value []byte, id *EKIdentity) error {
 		if n.Class != asn1.ClassContextSpecific || n.Tag != directoryNameTg {
 			return errSANNotTCG
 		}
-		var rdns [][]struct {
-			Type  asn1.ObjectIdentifier
-			Value asn1.RawValue
-		}
+		var rdns pkix.RDNSequence
 		if rest, err := asn1.Unmarshal(n.Bytes, &rdns); err != nil || len(rest) != 0 {
 			return errSANNotTCG
 		}
 		for _, rdn := range rdns {
 			for _, atv := range rdn {
-				var s string
-				if _, err := asn1.Unmarshal(atv.Value.FullBytes, &s); err != nil {
+				s, ok := atv.Value.(string)
+				if !ok {
 					continue
 				}
 				switch {

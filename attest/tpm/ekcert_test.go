@@ -54,14 +54,10 @@ func newTestCA(t testing.TB, name string) *testCA {
 // directoryName with TPM manufacturer, model and version.
 func tcgSAN(t testing.TB) []byte {
 	t.Helper()
-	type atv struct {
-		Type  asn1.ObjectIdentifier
-		Value string `asn1:"utf8"`
-	}
-	rdn := [][]atv{{
-		{asn1.ObjectIdentifier{2, 23, 133, 2, 1}, "id:54455354"},
-		{asn1.ObjectIdentifier{2, 23, 133, 2, 2}, "tvd-sim"},
-		{asn1.ObjectIdentifier{2, 23, 133, 2, 3}, "id:00010002"},
+	rdn := pkix.RDNSequence{{
+		{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 1}, Value: "id:54455354"},
+		{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 2}, Value: "tvd-sim"},
+		{Type: asn1.ObjectIdentifier{2, 23, 133, 2, 3}, Value: "id:00010002"},
 	}}
 	name, err := asn1.Marshal(rdn)
 	if err != nil {
