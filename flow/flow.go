@@ -61,9 +61,9 @@ const MaxRoles = 64
 // Domain describes one domain's roles for the matrix. Roles are kept in the
 // order given; Gateways lists the indexes of its gateway roles.
 type Domain struct {
-	Name     string
-	Roles    []string
-	Gateways []int
+	Name     string   `json:"name"`
+	Roles    []string `json:"roles"`
+	Gateways []int    `json:"gateways,omitempty"`
 }
 
 // ClassID identifies a (domain, role) row of the matrix.
