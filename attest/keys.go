@@ -35,7 +35,7 @@ type AK struct {
 // It does not prove the key lives in any particular TPM: only credential
 // activation against a trusted EK does (BeginEnrollment/FinishEnrollment).
 func ParseAK(public []byte) (*AK, error) {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](public)
+	pub, err := unmarshalPublic(public)
 	if err != nil {
 		return nil, fmt.Errorf("parse ak public: %w", err)
 	}
@@ -89,6 +89,28 @@ func ParseAK(public []byte) (*AK, error) {
 	return &AK{Public: bytes.Clone(public), Key: key, Name: name.Buffer}, nil
 }
 
+// unmarshalPublic parses an untrusted TPMT_PUBLIC with go-tpm's
+// reflection-based decoder, turning a decoder panic into an error and
+// refusing trailing bytes.
+func unmarshalPublic(b []byte) (pub *tpm2.TPMTPublic, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			pub, err = nil, fmt.Errorf("malformed TPMT_PUBLIC: %v", r)
+		}
+	}()
+	if len(b) == 0 || len(b) > 1024 {
+		return nil, fmt.Errorf("TPMT_PUBLIC is %d bytes (want 1..1024)", len(b))
+	}
+	pub, err = tpm2.Unmarshal[tpm2.TPMTPublic](b)
+	if err != nil {
+		return nil, err
+	}
+	if again := tpm2.Marshal(*pub); !bytes.Equal(again, b) {
+		return nil, errors.New("TPMT_PUBLIC has trailing or non-canonical bytes")
+	}
+	return pub, nil
+}
+
 // EK is an endorsement key as the TPM reported it.
 type EK struct {
 	Public []byte           // TPMT_PUBLIC
@@ -101,7 +123,7 @@ type EK struct {
 // key, fixedTPM, fixedParent, sensitiveDataOrigin, RSA 2048 or ECC P-256
 // or P-384 (swtpm's ECC EK), and an auth policy.
 func ParseEK(public []byte) (*EK, error) {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](public)
+	pub, err := unmarshalPublic(public)
 	if err != nil {
 		return nil, fmt.Errorf("parse ek public: %w", err)
 	}
