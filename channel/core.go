@@ -2,6 +2,7 @@ package channel
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,7 +43,9 @@ func newCore(log *slog.Logger, dev *device.Device, key PrivateKey) (*core, error
 func wgLogger(log *slog.Logger) *device.Logger {
 	return &device.Logger{
 		Verbosef: func(format string, args ...any) {
-			log.Debug(fmt.Sprintf(format, args...), "component", "wireguard-go")
+			if log.Enabled(context.Background(), slog.LevelDebug) {
+				log.Debug(fmt.Sprintf(format, args...), "component", "wireguard-go")
+			}
 		},
 		Errorf: func(format string, args ...any) {
 			log.Warn(fmt.Sprintf(format, args...), "component", "wireguard-go")
