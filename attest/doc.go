@@ -26,7 +26,9 @@
 //
 //	res, err := v.Appraise(st, evidence, tlsKeyHash)
 //
-// Appraise checks, in order: quote structure, AK signature, magic and type,
+// Appraise checks, in order: quote structure, magic and type, AK signature
+// and qualifiedSigner (the AK must be a child of the enrolled EK: an AK
+// outside the endorsement hierarchy gets obfuscated counters),
 // nonce binding, firmware version, clock and counters against the previous
 // accepted quote, PCR digest over the claimed PCR values, event-log
 // sequence, entry digests, replay of the new entries from the stored PCR
@@ -37,9 +39,6 @@
 //
 // # What this package does not check
 //
-//   - The quote's qualifiedSigner is not compared to the AK's qualified
-//     name (the AK's parent chain is not known to the verifier); the
-//     signature by the enrolled AK is what binds the quote to the TPM.
 //   - PCRs outside the configured event-log PCRs are quoted only if asked;
 //     their values are reported but not appraised (boot-chain appraisal of
 //     PCR 0-9 against the TCG boot log is out of scope here).

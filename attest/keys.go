@@ -156,6 +156,44 @@ func ParseEK(public []byte) (*EK, error) {
 	return &EK{Public: bytes.Clone(public), Key: key, pub: pub}, nil
 }
 
+// endorsementQN is the qualified name of TPM_RH_ENDORSEMENT: its handle.
+var endorsementQN = []byte{0x40, 0x00, 0x00, 0x0b}
+
+// qualifiedName returns QN(child) = nameAlg || H(QN(parent) || Name(child))
+// (TPM 2.0 Part 1, 16.6), with H the child's name algorithm.
+func qualifiedName(parentQN, childName []byte) ([]byte, error) {
+	if len(childName) < 2 {
+		return nil, errors.New("name too short")
+	}
+	alg := tpm2.TPMAlgID(uint16(childName[0])<<8 | uint16(childName[1]))
+	h, err := alg.Hash()
+	if err != nil {
+		return nil, fmt.Errorf("name algorithm 0x%04x: %w", uint16(alg), err)
+	}
+	w := h.New()
+	w.Write(parentQN)
+	w.Write(childName)
+	return w.Sum(bytes.Clone(childName[:2])), nil
+}
+
+// AKQualifiedName returns the qualified name an AK created as a child of
+// ek has: the value a quote by that AK carries as qualifiedSigner.
+func AKQualifiedName(ek *EK, ak *AK) ([]byte, error) {
+	ekName, err := tpm2.ObjectName(ek.pub)
+	if err != nil {
+		return nil, fmt.Errorf("ek name: %w", err)
+	}
+	ekQN, err := qualifiedName(endorsementQN, ekName.Buffer)
+	if err != nil {
+		return nil, fmt.Errorf("ek qualified name: %w", err)
+	}
+	qn, err := qualifiedName(ekQN, ak.Name)
+	if err != nil {
+		return nil, fmt.Errorf("ak qualified name: %w", err)
+	}
+	return qn, nil
+}
+
 // Fingerprint returns the SHA-256 of the EK's SubjectPublicKeyInfo DER, the
 // value an EK allowlist holds.
 func (ek *EK) Fingerprint() [32]byte {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/tvd-dev/tvd"
@@ -201,6 +202,16 @@ func TestRecordedRefusals(t *testing.T) {
 		var f *FirmwareError
 		if !errors.As(err, &f) {
 			t.Fatalf("err %v, want FirmwareError", err)
+		}
+	})
+	t.Run("ak not under the enrolled ek", func(t *testing.T) {
+		st := recordedState(t, "state0.bin")
+		st.signerQN = bytes.Clone(st.signerQN)
+		st.signerQN[5] ^= 1
+		_, err := v.Appraise(st, recordedEvidence(t, "ev1"), tls)
+		var s *SignatureError
+		if !errors.As(err, &s) || !strings.Contains(s.Reason, "qualifiedSigner") {
+			t.Fatalf("err %v, want SignatureError on qualifiedSigner", err)
 		}
 	})
 	t.Run("no nonce outstanding", func(t *testing.T) {

@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 type NodeState struct {
 	ak            *AK
 	ekFingerprint [32]byte
+	signerQN      []byte // the AK's qualified name as a child of the EK
 	nonce         [NonceSize]byte
 	hasNonce      bool
 	quoted        bool
@@ -117,6 +119,8 @@ func (st *NodeState) MarshalBinary() ([]byte, error) {
 	}
 	b = binary.BigEndian.AppendUint16(b, uint16(len(st.ak.Public)))
 	b = append(b, st.ak.Public...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(st.signerQN)))
+	b = append(b, st.signerQN...)
 	return b, nil
 }
 
@@ -153,6 +157,7 @@ func (st *NodeState) UnmarshalBinary(data []byte) error {
 		n.values = append(n.values, v)
 	}
 	akPub := r.tpm2b("ak public", 1024)
+	n.signerQN = bytes.Clone(r.tpm2b("ak qualified name", maxNameLen))
 	if r.err == nil && len(r.b) != 0 {
 		return fmt.Errorf("node state: %d trailing bytes", len(r.b))
 	}
@@ -162,6 +167,9 @@ func (st *NodeState) UnmarshalBinary(data []byte) error {
 	ak, err := ParseAK(akPub)
 	if err != nil {
 		return fmt.Errorf("node state: %w", err)
+	}
+	if len(n.signerQN) != len(ak.Name) {
+		return fmt.Errorf("node state: ak qualified name is %d bytes (want %d)", len(n.signerQN), len(ak.Name))
 	}
 	n.ak = ak
 	*st = n
@@ -173,7 +181,7 @@ func (st *NodeState) memSize() int {
 	n := int(unsafe.Sizeof(*st))
 	n += 8*cap(st.pcrs) + 32*cap(st.values)
 	if st.ak != nil {
-		n += int(unsafe.Sizeof(*st.ak)) + cap(st.ak.Public) + cap(st.ak.Name)
+		n += int(unsafe.Sizeof(*st.ak)) + cap(st.ak.Public) + cap(st.ak.Name) + cap(st.signerQN)
 		n += int(unsafe.Sizeof(*st.ak.Key)) + 2*(32+24) // X, Y big.Int words and headers
 	}
 	return n

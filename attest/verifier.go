@@ -149,7 +149,11 @@ func (v *Verifier) FinishEnrollment(e *Enrollment, secret []byte) (*NodeState, e
 	if err := e.ch.Check(secret); err != nil {
 		return nil, fmt.Errorf("finish enrollment: %w", err)
 	}
-	st := &NodeState{ak: e.ak, ekFingerprint: e.ek.Fingerprint()}
+	qn, err := AKQualifiedName(e.ek, e.ak)
+	if err != nil {
+		return nil, fmt.Errorf("finish enrollment: %w", err)
+	}
+	st := &NodeState{ak: e.ak, ekFingerprint: e.ek.Fingerprint(), signerQN: qn}
 	st.pcrs = slices.Clone(v.pcrs)
 	st.values = make([][32]byte, len(v.pcrs))
 	if err := v.issueNonce(st); err != nil {
@@ -261,7 +265,7 @@ func (r *Result) fail(name string, err error) error {
 // reference values, st advances (the entries are part of the node's
 // history now), Result.Status is Violated and the error is *UnlistedError.
 //
-// It does not check: the quote's qualifiedSigner, PCRs outside
+// It does not check: PCRs outside
 // Config.LogPCRs (reported in Result.PCRs, not appraised), the clock's Safe
 // flag, nor anything about the TLS key beyond its hash.
 func (v *Verifier) Appraise(st *NodeState, ev *Evidence, tlsKeyHash [32]byte) (*Result, error) {
@@ -299,6 +303,10 @@ func (v *Verifier) appraise(st *NodeState, ev *Evidence, hadNonce bool, expect *
 	digest := sha256.Sum256(ev.Attest)
 	if !ecdsa.Verify(st.ak.Key, digest[:], sig.R, sig.S) {
 		return res.fail(CheckSignature, &SignatureError{Reason: "not signed by the enrolled AK"})
+	}
+	if !bytes.Equal(q.QualifiedSigner, st.signerQN) {
+		return res.fail(CheckSignature, &SignatureError{Reason: fmt.Sprintf(
+			"qualifiedSigner %x is not the enrolled AK under the enrolled EK (%x)", q.QualifiedSigner, st.signerQN)})
 	}
 	res.pass(CheckSignature)
 	res.Clock, res.Firmware = q.ClockInfo, q.FirmwareVersion
