@@ -146,6 +146,9 @@ func (v *Verifier) BeginEnrollment(ekPublic, ekCert, akPublic []byte) (*Enrollme
 // TPM2_ActivateCredential and, if it matches, returns the node's initial
 // state holding the AK and the first nonce (NodeState.Nonce).
 func (v *Verifier) FinishEnrollment(e *Enrollment, secret []byte) (*NodeState, error) {
+	if e == nil || e.ch == nil {
+		return nil, errors.New("finish enrollment: no pending enrollment")
+	}
 	if err := e.ch.Check(secret); err != nil {
 		return nil, fmt.Errorf("finish enrollment: %w", err)
 	}
@@ -270,6 +273,10 @@ func (r *Result) fail(name string, err error) error {
 // flag, nor anything about the TLS key beyond its hash.
 func (v *Verifier) Appraise(st *NodeState, ev *Evidence, tlsKeyHash [32]byte) (*Result, error) {
 	res := &Result{Status: tvd.StatusVerified, Checks: make([]Check, 0, 9)}
+	if st == nil || st.ak == nil || ev == nil {
+		res.Status = tvd.StatusUnknown
+		return res, errors.New("appraise: want an enrolled node state and evidence")
+	}
 	pending, had := st.nonce, st.hasNonce
 	if err := v.issueNonce(st); err != nil {
 		res.Status = tvd.StatusUnknown

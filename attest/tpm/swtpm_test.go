@@ -104,7 +104,13 @@ func freePort(t *testing.T) int {
 // killed at cleanup.
 func (e *swtpmEnv) start(t *testing.T, network string) string {
 	t.Helper()
-	args := []string{"socket", "--tpm2", "--tpmstate", "dir=" + e.state, "--flags", "not-need-init,startup-clear"}
+	// Over unix the TPM is started by swtpm, over TCP by the test
+	// (TPM.Startup), so both paths are exercised.
+	flags := "not-need-init,startup-clear"
+	if network == "tcp" {
+		flags = "not-need-init"
+	}
+	args := []string{"socket", "--tpm2", "--tpmstate", "dir=" + e.state, "--flags", flags}
 	var addr string
 	switch network {
 	case "unix":
@@ -157,6 +163,9 @@ func TestSwtpm(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer dev.Close()
+			if err := dev.Startup(); err != nil {
+				t.Fatal(err)
+			}
 
 			ek, err := dev.EK(tpm.EKRSA2048)
 			if err != nil {

@@ -60,6 +60,19 @@ func OpenSocket(network, addr string, log *slog.Logger) (*TPM, error) {
 	return New(transport.FromReadWriteCloser(&framedConn{c: conn}), log), nil
 }
 
+// Startup sends TPM2_Startup(CLEAR) and treats "already initialised" as
+// success. Firmware starts a hardware TPM; a swtpm started without
+// "--flags startup-clear" needs this before anything else.
+func (t *TPM) Startup() error {
+	return t.do(func(tp transport.TPM) error {
+		_, err := tpm2.Startup{StartupType: tpm2.TPMSUClear}.Execute(tp)
+		if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+			return fmt.Errorf("tpm startup: %w", err)
+		}
+		return nil
+	})
+}
+
 // Close closes the transport. Loaded keys are not flushed: a TPM behind a
 // resource manager flushes them when the connection closes; callers using
 // a raw TPM should Close their AK first.
