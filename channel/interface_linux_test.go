@@ -66,7 +66,7 @@ func TestInterfaceTransferIsEncrypted(t *testing.T) {
 		t.Fatalf("capture dropped %d frames: the underlay check would be incomplete", drops)
 	}
 	s := checkWireGuardOnly(t, frames, labPort, marker[:16])
-	t.Logf("underlay: %d frames (%d ARP), WireGuard types 1-4: %v, %d transport bytes", s.frames, s.arp, s.types[1:], s.transportBytes)
+	t.Logf("underlay: %d frames (%d ARP, %d IGMP), WireGuard types 1-4: %v, %d transport bytes", s.frames, s.arp, s.igmp, s.types[1:], s.transportBytes)
 	if s.types[1] == 0 || s.types[2] == 0 {
 		t.Fatalf("no handshake seen on the underlay: %v", s.types)
 	}
