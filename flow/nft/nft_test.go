@@ -191,14 +191,19 @@ func ruleHandles(t testing.TB, c *nftables.Conn, table string) map[string][]uint
 	return out
 }
 
-func nsConn(t testing.TB, path string) *nftables.Conn {
+func nsFd(t testing.TB, path string) int {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	return int(f.Fd())
+}
+
+func nsConn(t testing.TB, path string) *nftables.Conn {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(nsFd(t, path)), nftables.AsLasting())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +227,13 @@ func TestIncrementalUpdate(t *testing.T) {
 		t.Fatalf("unexpected rule set before the update: %v", before)
 	}
 	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))
-	events, err := c.AddGenerationalMonitor(mon)
+	// The monitor gets a connection of its own: it reads every message
+	// that arrives on its socket.
+	mc, err := nftables.New(nftables.WithNetNSFd(nsFd(t, l.nsPath())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := mc.AddGenerationalMonitor(mon)
 	if err != nil {
 		t.Fatal(err)
 	}
