@@ -275,9 +275,18 @@ func route(t testing.TB, h *netlink.Handle, r *netlink.Route) {
 // dial reports whether a TCP connection from EE from to addr:listenPort is
 // established within dialWait.
 func dial(from netns.NsHandle, to netip.Addr) (bool, error) {
+	return dialFrom(from, netip.Addr{}, to)
+}
+
+// dialFrom is dial with the source address src (unless invalid).
+func dialFrom(from netns.NsHandle, src, to netip.Addr) (bool, error) {
 	var ok bool
 	err := inNS(from, func() error {
-		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(to, listenPort).String(), dialWait)
+		d := net.Dialer{Timeout: dialWait}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		c, err := d.Dial("tcp", netip.AddrPortFrom(to, listenPort).String())
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {

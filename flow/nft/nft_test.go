@@ -1,6 +1,10 @@
 package nft
 
 import (
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
 	"os"
 	"reflect"
 	"time"
@@ -271,4 +275,124 @@ func TestIncrementalUpdate(t *testing.T) {
 		t.Errorf("rule handles changed:\nbefore %v\nafter  %v", before, after)
 	}
 	l.run(l.pairs(grown, decide(t, open)))
+}
+
+// steer makes the node send packets that arrive on interface iif for dst
+// to the EE behind interface via (policy routing: ip rule iif ... lookup).
+func (l *lab) steer(iif, dst, via string, table int) *netlink.Rule {
+	l.t.Helper()
+	link, err := l.nodeH.LinkByName(via)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	_, dn, err := net.ParseCIDR(dst)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	route(l.t, l.nodeH, &netlink.Route{LinkIndex: link.Attrs().Index, Dst: dn, Gw: l.ees[via].addr4.AsSlice(), Table: table, Flags: int(netlink.FLAG_ONLINK)})
+	r := netlink.NewRule()
+	r.IifName = iif
+	r.Dst = dn
+	r.Table = table
+	r.Priority = 100 + table
+	if err := l.nodeH.RuleAdd(r); err != nil {
+		l.t.Fatalf("ip rule iif %s to %s: %v", iif, dst, err)
+	}
+	return r
+}
+
+// TestGatewayForwarding routes cross-domain flows through the gateway EEs,
+// which forward them (ip_forward=1) keeping the origin's source address:
+// yellow/management-console reaches red/client-os via yellow/gateway and
+// red/gateway (Rule G), while red/client-os (none towards yellow) and
+// yellow/domain-controller (none towards red) are refused at the gateway.
+func TestGatewayForwarding(t *testing.T) {
+	l := table3Lab(t)
+	for _, gw := range []string{"y-gw", "r-gw"} {
+		ns := l.ees[gw].ns
+		l.sysctl(ns, "net/ipv4/ip_forward", "1")
+		l.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
+		l.sysctl(ns, "net/ipv4/conf/eth0/rp_filter", "0")
+		l.sysctl(ns, "net/ipv4/conf/all/send_redirects", "0")
+		l.sysctl(ns, "net/ipv4/conf/eth0/send_redirects", "0")
+	}
+	const yellowNet, redNet = "10.71.1.0/24", "10.71.2.0/24"
+	// Yellow EEs reach red through y-gw, which hands over to r-gw; and the
+	// other way round for red EEs.
+	mcRule := l.steer("y-mc", redNet, "y-gw", 101)
+	l.steer("y-dc", redNet, "y-gw", 102)
+	l.steer("y-gw", redNet, "r-gw", 103)
+	l.steer("r-os", yellowNet, "r-gw", 104)
+	l.steer("r-dc", yellowNet, "r-gw", 105)
+	l.steer("r-gw", yellowNet, "y-gw", 106)
+
+	m := table3(t, false)
+	p := l.programmer()
+	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
+		t.Fatal(err)
+	}
+	addr := func(n string) netip.Addr { return l.ees[n].addr4 }
+	before := counters(t, p)
+	l.run([]probe{
+		// Rule G: through both gateways.
+		{from: "y-mc", to: "r-os", addr: addr("r-os"), want: true},
+		{from: "y-mc", to: "r-dc", addr: addr("r-dc"), want: true},
+		{from: "r-dc", to: "y-mc", addr: addr("y-mc"), want: true},
+		// None: refused at the gateway too.
+		{from: "r-os", to: "y-mc", addr: addr("y-mc"), want: false},
+		{from: "y-dc", to: "r-os", addr: addr("r-os"), want: false},
+		// The gateways themselves talk point-to-point.
+		{from: "y-gw", to: "r-gw", addr: addr("r-gw"), want: true},
+	})
+	after := counters(t, p)
+	if got := after[CounterGatewayRefused].Packets - before[CounterGatewayRefused].Packets; got < 2 {
+		t.Errorf("gateway-refused counter grew by %d, want at least 2", got)
+	}
+	if after[CounterViaDirect].Packets != before[CounterViaDirect].Packets {
+		t.Error("a via-gateway flow was seen going direct")
+	}
+
+	// A non-gateway EE is not handed someone else's flow: make the node
+	// send y-mc's red traffic to y-dc instead.
+	l.sysctl(l.ees["y-dc"].ns, "net/ipv4/ip_forward", "1")
+	l.sysctl(l.ees["y-dc"].ns, "net/ipv4/conf/all/rp_filter", "0")
+	l.sysctl(l.ees["y-dc"].ns, "net/ipv4/conf/all/send_redirects", "0")
+	l.sysctl(l.ees["y-dc"].ns, "net/ipv4/conf/eth0/send_redirects", "0")
+	if err := l.nodeH.RuleDel(mcRule); err != nil {
+		t.Fatal(err)
+	}
+	l.steer("y-mc", redNet, "y-dc", 107)
+	misBefore := counters(t, p)[CounterMisroute]
+	l.run([]probe{{from: "y-mc", to: "r-os", addr: addr("r-os"), want: false}})
+	if got := counters(t, p)[CounterMisroute]; got.Packets <= misBefore.Packets {
+		t.Error("misrouted counter did not grow for a flow handed to a non-gateway EE")
+	}
+
+	// A non-gateway EE that sends with an address it does not own is
+	// dropped, even towards a destination its own class may reach.
+	h, err := netlink.NewHandleAt(l.ees["y-dc"].ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	eth, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := addr("y-mc").Next().Next().Next() // in yellow's subnet, no member's
+	addAddr(t, h, eth, forged)
+	spoofBefore := counters(t, p)[CounterSpoof]
+	ok, err := dialFrom(l.ees["y-dc"].ns, forged, addr("y-mc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok {
+		t.Error("y-dc reached y-mc with a forged source address")
+	}
+	if got := counters(t, p)[CounterSpoof]; got.Packets <= spoofBefore.Packets {
+		t.Error("spoofed-source counter did not grow")
+	}
+	if ok, err := dial(l.ees["y-dc"].ns, addr("y-mc")); err != nil || !ok {
+		t.Errorf("y-dc -> y-mc with its own address: passed=%v err=%v, want pass", ok, err)
+	}
 }
