@@ -1,0 +1,131 @@
+package nft
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/tvd-dev/tvd/flow"
+)
+
+// plainPlan is the Table 3 plan without a lab: the six members are local
+// EEs behind interfaces named after them.
+func plainPlan(t testing.TB, m *flow.Matrix, ms []member, quarantine ...string) *flow.Plan {
+	t.Helper()
+	p := &flow.Plan{Matrix: m, Quarantine: quarantine, Controllers: []netip.Addr{controllerAddr}, OverlayInterfaces: []string{"wg-yellow"}}
+	for _, mem := range ms {
+		c, ok := m.Class(mem.domain, mem.role)
+		if !ok {
+			t.Fatalf("no class %s/%s", mem.domain, mem.role)
+		}
+		p.EEInterfaces = append(p.EEInterfaces, mem.name)
+		p.Members = append(p.Members, flow.PlanMember{EE: mem.name, Class: c, Iface: mem.name,
+			Addrs: []netip.Addr{netip.MustParseAddr(mem.a4), netip.MustParseAddr(mem.a6)}})
+	}
+	return p
+}
+
+func TestCompileMatchesDecide(t *testing.T) {
+	m := table3(t, false)
+	st := compile(plainPlan(t, m, table3EEs))
+	accept := map[string]bool{}
+	for _, v := range verdictChains {
+		accept[v.chain] = v.accept
+	}
+	n := m.NumClasses()
+	if got := len(st[mapVerdict]); got != n*n {
+		t.Fatalf("verdict map has %d entries, want %d", got, n*n)
+	}
+	for s := range n {
+		for d := range n {
+			sc, dc := flow.ClassID(s), flow.ClassID(d)
+			key := classBytes(sc) + classBytes(dc)
+			chain, ok := st[mapVerdict][key]
+			if !ok {
+				t.Fatalf("no verdict for %d -> %d", s, d)
+			}
+			if accept[chain] != m.Decide(sc, dc).Direct {
+				t.Errorf("%d -> %d: chain %s accepts=%v, Decide says %v", s, d, chain, accept[chain], m.Decide(sc, dc).Direct)
+			}
+			_, cross := st[setCross][key]
+			if cross != m.MayCross(sc, m.ClassDomain(dc)) {
+				t.Errorf("%d -> %d: cross=%v, MayCross says otherwise", s, d, cross)
+			}
+		}
+	}
+	want := map[string]int{
+		setScope: 7, setEEIfs: 6, setGwIfs: 2, mapIfCls: 6, mapCls4: 6, mapCls6: 6,
+		setBind4: 6, setBind6: 6, setQuar4: 0, setQuarIfs: 0, setCtrl4: 1, setCtrl6: 0,
+	}
+	for set, n := range want {
+		if got := len(st[set]); got != n {
+			t.Errorf("set %s has %d elements, want %d", set, got, n)
+		}
+	}
+}
+
+func TestDiff(t *testing.T) {
+	m := table3(t, false)
+	base := compile(plainPlan(t, m, table3EEs))
+	if ch := diff(base, compile(plainPlan(t, m, table3EEs))); len(ch) != 0 {
+		t.Errorf("same plan: changes %v", ch)
+	}
+	count := func(chs []setChange) map[string][2]int {
+		out := map[string][2]int{}
+		for _, c := range chs {
+			out[c.name] = [2]int{len(c.del), len(c.add)}
+		}
+		return out
+	}
+	// One member more: its interface, classes and bindings, nothing else.
+	grown := compile(plainPlan(t, m, append(append([]member{}, table3EEs...), outsider)))
+	got := count(diff(base, grown))
+	want := map[string][2]int{
+		setScope: {0, 1}, setEEIfs: {0, 1}, mapIfCls: {0, 1}, mapCls4: {0, 1}, mapCls6: {0, 1},
+		setBind4: {0, 1}, setBind6: {0, 1},
+	}
+	if !equalCounts(got, want) {
+		t.Errorf("add member: %v, want %v", got, want)
+	}
+	// And back: the same elements deleted.
+	got = count(diff(grown, base))
+	for k, v := range want {
+		want[k] = [2]int{v[1], v[0]}
+	}
+	if !equalCounts(got, want) {
+		t.Errorf("remove member: %v, want %v", got, want)
+	}
+	// A changed cell: red/client-os -> yellow becomes unrestricted: three
+	// verdict entries replaced and three crossings added.
+	got = count(diff(base, compile(plainPlan(t, table3(t, true), table3EEs))))
+	want = map[string][2]int{mapVerdict: {3, 3}, setCross: {0, 3}}
+	if !equalCounts(got, want) {
+		t.Errorf("changed cell: %v, want %v", got, want)
+	}
+	// Quarantine: the EE's addresses and interface.
+	got = count(diff(base, compile(plainPlan(t, m, table3EEs, "y-mc"))))
+	want = map[string][2]int{setQuar4: {0, 1}, setQuar6: {0, 1}, setQuarIfs: {0, 1}}
+	if !equalCounts(got, want) {
+		t.Errorf("quarantine: %v, want %v", got, want)
+	}
+}
+
+func equalCounts(a, b map[string][2]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestApplyRejectsBadPlan(t *testing.T) {
+	// Validation happens before any netlink traffic, so a programmer for
+	// the caller's namespace is enough; the table is never built.
+	p := &Programmer{}
+	if err := p.Apply(&flow.Plan{}); err == nil {
+		t.Error("plan without a matrix accepted")
+	}
+}
