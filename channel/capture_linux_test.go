@@ -57,14 +57,15 @@ func startCapture(t testing.TB, n *labNode, ifname string) *capture {
 		defer close(stopped)
 		buf := make([]byte, 1<<17)
 		for {
-			select {
-			case <-c.done:
-				return
-			default:
-			}
 			n, _, err := unix.Recvfrom(c.fd, buf, 0)
 			if err != nil {
-				continue // timeout: check done
+				// A timeout: the queue is drained. Stop if asked to.
+				select {
+				case <-c.done:
+					return
+				default:
+					continue
+				}
 			}
 			f := append([]byte(nil), buf[:n]...)
 			c.mu.Lock()

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 
@@ -65,27 +64,27 @@ func (c *core) setPeers(peers []Peer) error {
 		return ErrClosed
 	}
 	d := diffPeers(c.peers, next)
-	if d.uapi == "" {
-		return nil
-	}
-	if err := c.dev.IpcSet(d.uapi); err != nil {
-		// Part of the operation may have been applied: resynchronise from
-		// the device so the next call diffs against the truth.
-		if st, gerr := c.stateLocked(); gerr == nil {
-			c.peers = make(map[PublicKey]Peer, len(st.Peers))
-			for _, p := range st.Peers {
-				c.peers[p.PublicKey] = p.Peer
+	if d.uapi != "" {
+		if err := c.dev.IpcSet(d.uapi); err != nil {
+			// Part of the operation may have been applied: resynchronise
+			// from the device so the next call diffs against the truth.
+			if st, gerr := c.stateLocked(); gerr == nil {
+				c.peers = make(map[PublicKey]Peer, len(st.Peers))
+				for _, p := range st.Peers {
+					c.peers[p.PublicKey] = p.Peer
+				}
+			} else {
+				c.log.Error("resynchronise peers after failed update", "err", gerr)
 			}
-		} else {
-			c.log.Error("resynchronise peers after failed update", "err", gerr)
+			return fmt.Errorf("set peers: apply to wireguard-go: %w", err)
 		}
-		return fmt.Errorf("set peers: apply to wireguard-go: %w", err)
+		c.peers = make(map[PublicKey]Peer, len(next))
+		for _, p := range next {
+			c.peers[p.PublicKey] = p
+		}
+		c.log.Info("peers updated", "added", d.added, "removed", d.removed, "updated", d.updated, "peers", len(next))
 	}
-	c.peers = make(map[PublicKey]Peer, len(next))
-	for _, p := range next {
-		c.peers[p.PublicKey] = p
-	}
-	c.log.Info("peers updated", "added", d.added, "removed", d.removed, "updated", d.updated, "peers", len(next))
+	// Run even when no peer changed, so a failed route update is retried.
 	if c.afterPeers != nil {
 		if err := c.afterPeers(c.peers); err != nil {
 			return fmt.Errorf("set peers: %w", err)
@@ -136,13 +135,6 @@ func (c *core) stateLocked() (deviceState, error) {
 		return deviceState{}, fmt.Errorf("read wireguard-go state: %w", err)
 	}
 	return st, nil
-}
-
-// configured returns a copy of the peer set as last applied.
-func (c *core) configured() map[PublicKey]Peer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return maps.Clone(c.peers)
 }
 
 // close stops the device once; it reports whether this call closed it.

@@ -14,6 +14,15 @@ import (
 	"time"
 )
 
+// Both data planes offer the same peer-management API, so callers (the
+// agent) can hold either behind one small interface.
+var _ interface {
+	SetPeers([]Peer) error
+	Peers() ([]PeerStatus, error)
+	PublicKey() PublicKey
+	Close() error
+} = (*Userspace)(nil)
+
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
