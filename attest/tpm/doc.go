@@ -44,6 +44,12 @@
 // ComputeDigest) is extended into the PCR under one lock, so the log and
 // the PCR never diverge inside this process; Evidence quotes and reads the
 // PCRs under the same lock. The log's wire encoding is attest.EncodeEvents.
+// The agent must persist the log (and the AK's Public/Private blobs) to
+// survive its own restart: NewMeasurer takes the saved log and checks it
+// replays to the PCR. A lost log leaves the PCR with an unexplainable
+// value, so the node fails appraisal until the next reboot (fail closed).
+// The log is kept in memory whole; its size grows with the number of
+// measurements since boot (about 100 bytes per entry).
 //
 // # Transports
 //
@@ -52,7 +58,13 @@
 // unix or TCP stream and reads each response by its header length. swtpm's
 // control channel (--ctrl) is not used.
 //
-// What this package does not do: it does not provision EK certificates,
+// Kernel logs: ReadHostLog reads the IMA and TCG boot logs where the host
+// has them (a missing file is Present=false, not an error) and
+// ParseBootLog parses the boot log with go-attestation. The IMA binary log
+// is returned raw: it is neither parsed nor replayed against PCR 10 here.
+//
+// What this package does not do: it does not provision EK certificates
+// (except into the simulator, for tests),
 // does not take TPM ownership, and does not protect the AK blob it returns
 // (the blob is only usable inside the same TPM).
 package tpm
