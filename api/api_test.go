@@ -58,12 +58,12 @@ func (s *agentServer) Report(ctx context.Context, req *connect.Request[tvdv1.Rep
 	return connect.NewResponse(&tvdv1.ReportResponse{NextNonce: []byte(id.Node)}), nil
 }
 
-// withIdentity verifies a presented client certificate with the bundle and
-// puts the identity into the request context.
+// withIdentity puts the identity of a client that presented a certificate
+// (verified by the TLS configuration) into the request context.
 func withIdentity(b *ca.Bundle, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			id, err := b.Verify(r.TLS.PeerCertificates, time.Now())
+			id, err := b.PeerIdentity(r.TLS, time.Now())
 			if err != nil {
 				http.Error(w, "bad client certificate", http.StatusUnauthorized)
 				return
@@ -101,23 +101,15 @@ func TestAgentServiceRoundTrip(t *testing.T) {
 	mux.Handle(tvdv1connect.NewAgentServiceHandler(&agentServer{ca: authority}))
 	srv := httptest.NewUnstartedServer(withIdentity(authority.Bundle(), mux))
 	srv.EnableHTTP2 = true
-	srv.TLS = &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    authority.Bundle().CertPool(),
-	}
+	srv.TLS = authority.Bundle().ServerTLSConfig(
+		tls.Certificate{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}, tls.VerifyClientCertIfGiven)
 	srv.StartTLS()
 	defer srv.Close()
 
-	httpClient := func(certs ...tls.Certificate) *http.Client {
+	httpClient := func(cert *tls.Certificate) *http.Client {
 		return &http.Client{Transport: &http.Transport{
 			ForceAttemptHTTP2: true,
-			TLSClientConfig: &tls.Config{
-				MinVersion:   tls.VersionTLS13,
-				RootCAs:      authority.Bundle().CertPool(),
-				Certificates: certs,
-			},
+			TLSClientConfig:   authority.Bundle().ClientTLSConfig(cert, "127.0.0.1"),
 		}}
 	}
 	for name, opts := range map[string][]connect.ClientOption{
@@ -132,7 +124,7 @@ func TestAgentServiceRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			anon := tvdv1connect.NewAgentServiceClient(httpClient(), srv.URL, opts...)
+			anon := tvdv1connect.NewAgentServiceClient(httpClient(nil), srv.URL, opts...)
 			resp, err := anon.Enroll(ctx, connect.NewRequest(&tvdv1.EnrollRequest{NodeName: "node-" + name, Csr: csr}))
 			if err != nil {
 				t.Fatalf("Enroll: %v", err)
@@ -155,7 +147,7 @@ func TestAgentServiceRoundTrip(t *testing.T) {
 			}
 
 			node := tvdv1connect.NewAgentServiceClient(
-				httpClient(tls.Certificate{Certificate: [][]byte{creds.GetNodeCert()}, PrivateKey: nodeKey}), srv.URL, opts...)
+				httpClient(&tls.Certificate{Certificate: [][]byte{creds.GetNodeCert()}, PrivateKey: nodeKey}), srv.URL, opts...)
 			rep, err := node.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: "node-" + name}))
 			if err != nil {
 				t.Fatalf("Report: %v", err)

@@ -687,66 +687,150 @@ func TestBundlePEM(t *testing.T) {
 	var _ x509bundle.Source = xb
 }
 
-// TestMutualTLS runs a real TLS 1.3 handshake (over an in-memory pipe)
-// between an agent holding a node certificate and a controller holding the
-// server certificate, each verifying the other with the bundle.
+// handshake runs a TLS handshake over loopback TCP (kernel-buffered, so a
+// side that fails mid-flight cannot deadlock the other as with net.Pipe) and
+// returns the client's and server's errors and the server's connection
+// state.
+func handshake(t *testing.T, server, client *tls.Config) (clientErr, serverErr error, state tls.ConnectionState) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		err   error
+		state tls.ConnectionState
+	}
+	done := make(chan result, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		s := tls.Server(conn, server)
+		err = s.Handshake()
+		if err == nil {
+			// Write one byte: the client reads it, or the alert of a
+			// refused client certificate, after its handshake.
+			_, _ = s.Write([]byte{1})
+		}
+		done <- result{err, s.ConnectionState()}
+	}()
+	conn, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(conn, client)
+	clientErr = c.Handshake()
+	if clientErr == nil {
+		// The server's verdict on our certificate arrives after our
+		// handshake completes: read the server's byte or its alert.
+		_, clientErr = c.Read(make([]byte, 1))
+	}
+	conn.Close()
+	r := <-done
+	return clientErr, r.err, r.state
+}
+
+// TestMutualTLS runs real TLS 1.3 handshakes (over an in-memory pipe)
+// between the controller's server certificate and clients, with the
+// configurations of ServerTLSConfig and ClientTLSConfig. crypto/tls uses the
+// real clock, so the CA here does too.
 func TestMutualTLS(t *testing.T) {
-	c := newTestCA(t, testTD)
 	now := time.Now()
-	c.SetClock(func() time.Time { return now })
-	// The root must be valid now for crypto/tls, which uses the real clock.
-	if now.Before(c.Certificate().NotBefore) {
-		c2, err := New(testTD, now, nil)
+	c, err := New(testTD, now.Add(-3*time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := New(testTD, now.Add(-3*time.Hour), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCert := func(issuer *CA, at time.Time, issue func(*CA, *ecdsa.PrivateKey) ([]byte, error)) *tls.Certificate {
+		t.Helper()
+		issuer.SetClock(func() time.Time { return at })
+		k := newKey(t)
+		der, err := issue(issuer, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c = c2
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
 	}
-	serverKey, nodeKey := newKey(t), newKey(t)
-	_, serverDER, err := c.IssueServer([]string{"controller.tvd.test"}, serverKey.Public(), time.Hour)
+	node := func(name string) func(*CA, *ecdsa.PrivateKey) ([]byte, error) {
+		return func(c *CA, k *ecdsa.PrivateKey) ([]byte, error) {
+			_, d, err := c.IssueNode(name, k.Public(), time.Hour)
+			return d, err
+		}
+	}
+	server := tlsCert(c, now, func(c *CA, k *ecdsa.PrivateKey) ([]byte, error) {
+		_, d, err := c.IssueServer([]string{"controller.tvd.test", "127.0.0.1"}, k.Public(), time.Hour)
+		return d, err
+	})
+	impostorServer := tlsCert(other, now, func(c *CA, k *ecdsa.PrivateKey) ([]byte, error) {
+		_, d, err := c.IssueServer([]string{"controller.tvd.test"}, k.Public(), time.Hour)
+		return d, err
+	})
+	nodeCert := tlsCert(c, now, node("node-7"))
+	foreignNode := tlsCert(other, now, node("node-7"))
+	expiredNode := tlsCert(c, now.Add(-2*time.Hour), node("node-old"))
+	// A client certificate that chains to the root but is no identity (no
+	// URI SAN): only the SPIFFE check of ServerTLSConfig refuses it.
+	noIDKey := newKey(t)
+	noIDDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(7), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Subject: pkix.Name{CommonName: "node-7"},
+	}, c.cert, noIDKey.Public(), c.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, nodeDER, err := c.IssueNode("node-7", nodeKey.Public(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	noID := &tls.Certificate{Certificate: [][]byte{noIDDER}, PrivateKey: noIDKey}
 	b := c.Bundle()
-	var gotClient, gotServer Identity
-	serverConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{serverDER}, PrivateKey: serverKey}},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    b.CertPool(),
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			id, err := b.VerifyDER(raw, time.Now())
-			gotClient = id
-			return err
-		},
-	}
-	clientConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		ServerName:   "controller.tvd.test",
-		RootCAs:      b.CertPool(),
-		Certificates: []tls.Certificate{{Certificate: [][]byte{nodeDER}, PrivateKey: nodeKey}},
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			id, err := b.VerifyDER(raw, time.Now())
-			gotServer = id
-			return err
-		},
-	}
-	a, z := net.Pipe()
-	defer a.Close()
-	defer z.Close()
-	errc := make(chan error, 1)
-	go func() { errc <- tls.Server(z, serverConf).Handshake() }()
-	if err := tls.Client(a, clientConf).Handshake(); err != nil {
-		t.Fatalf("client handshake: %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatalf("server handshake: %v", err)
-	}
-	if gotClient.Kind != KindNode || gotClient.Node != "node-7" || gotServer.Kind != KindServer {
-		t.Errorf("identities: client %+v, server %+v", gotClient, gotServer)
+
+	for _, tc := range []struct {
+		name       string
+		serverCert *tls.Certificate
+		clientAuth tls.ClientAuthType
+		clientCert *tls.Certificate
+		serverName string
+		ok         bool
+		wantPeer   string // the client's SPIFFE ID as the server sees it
+	}{
+		{"node client", server, tls.RequireAndVerifyClientCert, nodeCert, "controller.tvd.test", true, "spiffe://example.org/node/node-7"},
+		{"by IP", server, tls.RequireAndVerifyClientCert, nodeCert, "127.0.0.1", true, "spiffe://example.org/node/node-7"},
+		{"anonymous enrolment", server, tls.VerifyClientCertIfGiven, nil, "controller.tvd.test", true, ""},
+		{"anonymous refused", server, tls.RequireAndVerifyClientCert, nil, "controller.tvd.test", false, ""},
+		{"client of another CA", server, tls.VerifyClientCertIfGiven, foreignNode, "controller.tvd.test", false, ""},
+		{"client without SPIFFE ID", server, tls.VerifyClientCertIfGiven, noID, "controller.tvd.test", false, ""},
+		{"expired client", server, tls.VerifyClientCertIfGiven, expiredNode, "controller.tvd.test", false, ""},
+		{"wrong server name", server, tls.VerifyClientCertIfGiven, nil, "other.tvd.test", false, ""},
+		{"impostor server", impostorServer, tls.VerifyClientCertIfGiven, nil, "controller.tvd.test", false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cerr, serr, state := handshake(t, b.ServerTLSConfig(*tc.serverCert, tc.clientAuth), b.ClientTLSConfig(tc.clientCert, tc.serverName))
+			t.Logf("client err: %v; server err: %v", cerr, serr)
+			if (cerr == nil && serr == nil) != tc.ok {
+				t.Fatalf("client err %v, server err %v; want ok=%v", cerr, serr, tc.ok)
+			}
+			if !tc.ok {
+				return
+			}
+			id, err := b.PeerIdentity(&state, time.Now())
+			if tc.wantPeer == "" {
+				if err == nil {
+					t.Errorf("PeerIdentity of an anonymous client = %+v", id)
+				}
+				return
+			}
+			if err != nil || id.ID != tc.wantPeer || id.Kind != KindNode {
+				t.Errorf("PeerIdentity = %+v, %v; want %s", id, err, tc.wantPeer)
+			}
+		})
 	}
 }
