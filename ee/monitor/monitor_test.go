@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,8 +36,46 @@ func TestMain(m *testing.M) {
 		os.Exit(nsExecHelper(os.Args[1:]))
 	case "execserver":
 		os.Exit(execServer())
+	case "privatens":
+		// Re-executed by inPrivateMountNamespace below.
+		os.Unsetenv(helperEnv)
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			fmt.Fprintln(os.Stderr, "make mounts private:", err)
+			os.Exit(1)
+		}
+		os.Exit(m.Run())
+	}
+	if os.Geteuid() == 0 && !slices.ContainsFunc(os.Args, func(a string) bool { return strings.HasPrefix(a, "-test.fuzzworker") }) {
+		os.Exit(inPrivateMountNamespace())
 	}
 	os.Exit(m.Run())
+}
+
+// inPrivateMountNamespace runs the tests again in a child process with its
+// own mount namespace, so the overlay mounts of a test binary that is killed
+// (a timeout, a crash) vanish with it instead of staying on the host.
+func inPrivateMountNamespace() int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "find test binary:", err)
+		return 1
+	}
+	runtime.LockOSThread() // Pdeathsig follows the thread that forked
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), helperEnv+"=privatens")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	err = cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit) && exit.ExitCode() > 0:
+		return exit.ExitCode()
+	default:
+		fmt.Fprintln(os.Stderr, "run tests in a private mount namespace:", err)
+		return 1
+	}
 }
 
 // nsExecHelper runs in a fresh mount namespace: it bind-mounts args[0] (an
