@@ -1,8 +1,8 @@
 // Package ca is the public-key infrastructure of one tvd deployment: a root
 // certificate authority held by the controller, the certificates it issues,
 // and the parsers and verifiers that servers use on presented certificates.
-// It is pure cryptography: it does no networking and keeps no state besides
-// the CA itself.
+// It is pure cryptography: it opens no connections and keeps no state
+// besides the CA itself (and, if asked, the key-encryption key file).
 //
 // # Identities
 //
@@ -57,6 +57,18 @@
 // permissions 0600 (LoadOrCreateKEK creates and checks such a file) while the
 // CA itself lives in the store. Whoever can read both can sign identities for
 // the whole deployment. A KMS or HSM can later replace the KEK file.
+//
+// # TLS
+//
+// Bundle.ServerTLSConfig and Bundle.ClientTLSConfig build TLS 1.3
+// configurations for mutual TLS between agents, administrators and the
+// controller: the chain is checked by crypto/tls against the bundle, and
+// the peer's certificate must also pass Bundle.Verify (so a certificate
+// that chains to the root but is no identity of a known kind is refused);
+// clients additionally require the server to hold the controller's
+// identity. Bundle.PeerIdentity gives a handler the verified identity of
+// its caller. Authorisation (which kind and role may call what) stays with
+// the server.
 //
 // # What this package does not do
 //
