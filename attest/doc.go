@@ -24,7 +24,10 @@
 // quote is only accepted over the TLS connection whose peer key hash the
 // caller passes to Appraise.
 //
+//	// send st.Nonce() and st.Cursor() to the node; it answers with
+//	// Evidence: a quote and the log entries after the cursor
 //	res, err := v.Appraise(st, evidence, tlsKeyHash)
+//	// res.NextNonce (== st.Nonce()) and st.Cursor() go back with the verdict
 //
 // Appraise checks, in order: quote structure, magic and type, AK signature
 // and qualifiedSigner (the AK must be a child of the enrolled EK: an AK

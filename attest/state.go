@@ -46,6 +46,23 @@ func (st *NodeState) Nonce() []byte {
 	return n[:]
 }
 
+// Cursor says where a node's next report must start: the TPM boot the
+// verifier's log position belongs to (resetCount) and the sequence number
+// of the first entry the verifier has not seen. Valid is false before the
+// first accepted quote. The verifier sends it to the attester with the
+// nonce; an attester whose TPM's resetCount differs (it rebooted) sends
+// its log from 0.
+type Cursor struct {
+	ResetCount uint32
+	Seq        uint64
+	Valid      bool
+}
+
+// Cursor returns where the node's next report must start.
+func (st *NodeState) Cursor() Cursor {
+	return Cursor{ResetCount: st.logReset, Seq: st.nextSeq, Valid: st.logStarted}
+}
+
 // NextSeq returns the sequence number the next new event must carry.
 func (st *NodeState) NextSeq() uint64 { return st.nextSeq }
 

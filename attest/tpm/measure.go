@@ -85,19 +85,28 @@ func (m *Measurer) Events(from uint64) []attest.Event {
 
 // Evidence quotes the measurement PCR and extraPCRs with ak over
 // attest.QualifyingData(nonce, tlsKeyHash), reads the quoted values, and
-// attaches the log entries from sequence number from.
-func (m *Measurer) Evidence(ak *AK, nonce []byte, tlsKeyHash [32]byte, from uint64, extraPCRs ...int) (*attest.Evidence, error) {
+// attaches the log entries the verifier has not seen: from cur.Seq if cur
+// is for the TPM's current boot (resetCount), else the whole log.
+func (m *Measurer) Evidence(ak *AK, nonce []byte, tlsKeyHash [32]byte, cur attest.Cursor, extraPCRs ...int) (*attest.Evidence, error) {
 	pcrs := append([]int{m.pcr}, extraPCRs...)
 	slices.Sort(pcrs)
 	pcrs = slices.Compact(pcrs)
 	qd := attest.QualifyingData(nonce, tlsKeyHash)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if from > uint64(len(m.events)) {
-		return nil, fmt.Errorf("evidence: log has %d events, asked from %d", len(m.events), from)
-	}
-	ev := &attest.Evidence{FirstSeq: from, Events: slices.Clone(m.events[from:])}
+	ev := &attest.Evidence{}
 	err := m.t.do(func(tp transport.TPM) error {
+		clock, err := readClock(tp)
+		if err != nil {
+			return err
+		}
+		if cur.Valid && cur.ResetCount == clock.ResetCount {
+			ev.FirstSeq = cur.Seq
+		}
+		if ev.FirstSeq > uint64(len(m.events)) {
+			return fmt.Errorf("verifier has seen %d entries of this boot, log has %d (log lost?)", ev.FirstSeq, len(m.events))
+		}
+		ev.Events = slices.Clone(m.events[ev.FirstSeq:])
 		q, err := ak.quote(tp, qd[:], pcrs)
 		if err != nil {
 			return err

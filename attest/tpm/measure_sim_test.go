@@ -60,7 +60,7 @@ func TestMeasurerConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 3 {
-				ev, err := m.Evidence(ak, nonce, tlsHash, 0)
+				ev, err := m.Evidence(ak, nonce, tlsHash, attest.Cursor{})
 				if err != nil {
 					errs <- err
 					return

@@ -102,6 +102,26 @@ func readPCRs(tp transport.TPM, pcrs []int) ([]attest.PCR, error) {
 	return out, nil
 }
 
+// ReadClock returns the TPM's clock and counters (TPM2_ReadClock).
+func (t *TPM) ReadClock() (attest.ClockInfo, error) {
+	var c attest.ClockInfo
+	err := t.do(func(tp transport.TPM) error {
+		var err error
+		c, err = readClock(tp)
+		return err
+	})
+	return c, err
+}
+
+func readClock(tp transport.TPM) (attest.ClockInfo, error) {
+	rsp, err := tpm2.ReadClock{}.Execute(tp)
+	if err != nil {
+		return attest.ClockInfo{}, fmt.Errorf("read clock: %w", err)
+	}
+	ci := rsp.CurrentTime.ClockInfo
+	return attest.ClockInfo{Clock: ci.Clock, ResetCount: ci.ResetCount, RestartCount: ci.RestartCount, Safe: bool(ci.Safe)}, nil
+}
+
 // Extend extends digest into the SHA-256 bank of pcr. Other banks are not
 // extended. Most callers want Measurer.Measure, which also logs.
 func (t *TPM) Extend(pcr int, digest [32]byte) error {

@@ -72,57 +72,6 @@ func newVerifier(t *testing.T, ca *testCA, r io.Reader) *attest.Verifier {
 	return v
 }
 
-// enroll runs the whole enrolment of ak against ek.
-func enroll(t *testing.T, v *attest.Verifier, ek *tpm.EK, ak *tpm.AK) *attest.NodeState {
-	t.Helper()
-	e, ch, err := v.BeginEnrollment(ek.Public, ek.Cert, ak.Public)
-	if err != nil {
-		t.Fatalf("begin enrollment: %v", err)
-	}
-	secret, err := ak.ActivateCredential(ch.CredentialBlob, ch.EncryptedSecret)
-	if err != nil {
-		t.Fatalf("activate credential: %v", err)
-	}
-	st, err := v.FinishEnrollment(e, secret)
-	if err != nil {
-		t.Fatalf("finish enrollment: %v", err)
-	}
-	return st
-}
-
-func measure(t *testing.T, m *tpm.Measurer, typ attest.EventType, ee, path string, d [32]byte) {
-	t.Helper()
-	if _, _, err := m.Measure(typ, ee, path, d); err != nil {
-		t.Fatalf("measure %s: %v", path, err)
-	}
-}
-
-func evidence(t *testing.T, m *tpm.Measurer, ak *tpm.AK, st *attest.NodeState) *attest.Evidence {
-	t.Helper()
-	ev, err := m.Evidence(ak, st.Nonce(), tlsHash, st.NextSeq())
-	if err != nil {
-		t.Fatalf("evidence: %v", err)
-	}
-	return ev
-}
-
-func mustAppraise(t *testing.T, v *attest.Verifier, st *attest.NodeState, ev *attest.Evidence) *attest.Result {
-	t.Helper()
-	res, err := v.Appraise(st, ev, tlsHash)
-	if err != nil {
-		t.Fatalf("appraise: %v", err)
-	}
-	if res.Status != tvd.StatusVerified {
-		t.Fatalf("status %v, want verified", res.Status)
-	}
-	for _, c := range res.Checks {
-		if c.Status != tvd.StatusVerified {
-			t.Fatalf("check %s: %v %s", c.Name, c.Status, c.Detail)
-		}
-	}
-	return res
-}
-
 func TestEnrollQuoteAppraise(t *testing.T) {
 	sim := openSim(t)
 	ca := newTestCA(t, "tvd test EK CA")
@@ -326,7 +275,7 @@ func TestAdversarial(t *testing.T) {
 	})
 	t.Run("wrong nonce", func(t *testing.T) {
 		ak, st, m := fresh(t)
-		ev, err := m.Evidence(ak, []byte("not the verifier's nonce........"), tlsHash, 0)
+		ev, err := m.Evidence(ak, []byte("not the verifier's nonce........"), tlsHash, st.Cursor())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,7 +284,7 @@ func TestAdversarial(t *testing.T) {
 	})
 	t.Run("other tls key", func(t *testing.T) {
 		ak, st, m := fresh(t)
-		ev, err := m.Evidence(ak, st.Nonce(), sha256.Sum256([]byte("attacker tls key")), 0)
+		ev, err := m.Evidence(ak, st.Nonce(), sha256.Sum256([]byte("attacker tls key")), st.Cursor())
 		if err != nil {
 			t.Fatal(err)
 		}

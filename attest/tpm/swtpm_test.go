@@ -100,9 +100,9 @@ func freePort(t *testing.T) int {
 }
 
 // start runs swtpm on the manufactured state with its data channel on
-// network ("unix" or "tcp") and returns the address; the process is
-// killed at cleanup.
-func (e *swtpmEnv) start(t *testing.T, network string) string {
+// network ("unix" or "tcp") and returns the address and a stop function;
+// the process is also killed at cleanup.
+func (e *swtpmEnv) start(t *testing.T, network string) (string, func()) {
 	t.Helper()
 	// Over unix the TPM is started by swtpm, over TCP by the test
 	// (TPM.Startup), so both paths are exercised.
@@ -130,16 +130,17 @@ func (e *swtpmEnv) start(t *testing.T, network string) string {
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
+	stop := func() {
 		cmd.Process.Kill()
 		<-done
-	})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		c, err := net.Dial(network, addr)
 		if err == nil {
 			c.Close()
-			return addr
+			return addr, stop
 		}
 		select {
 		case <-done:
@@ -157,7 +158,7 @@ func TestSwtpm(t *testing.T) {
 	env := manufactureSwtpm(t)
 	for _, network := range []string{"unix", "tcp"} {
 		t.Run(network, func(t *testing.T) {
-			addr := env.start(t, network)
+			addr, _ := env.start(t, network)
 			dev, err := tpm.OpenSocket(network, addr, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -215,7 +216,7 @@ func TestSwtpm(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			ev, err := m.Evidence(ak, st.Nonce(), tlsHash, st.NextSeq(), 0, 7)
+			ev, err := m.Evidence(ak, st.Nonce(), tlsHash, st.Cursor(), 0, 7)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -242,6 +243,120 @@ func TestSwtpm(t *testing.T) {
 				t.Fatalf("untrusted ca: %v, want EKError", err)
 			}
 		})
+	}
+}
+
+// TestSwtpmStateRollback restores a vTPM's state from an older snapshot
+// (as restoring a VM snapshot does): the AK still signs, but the reset
+// counter is behind the last accepted quote and the verifier refuses it.
+func TestSwtpmStateRollback(t *testing.T) {
+	env := manufactureSwtpm(t)
+	v, err := attest.NewVerifier(attest.Config{Refs: testRefs(), EK: attest.EKPolicy{Roots: env.roots, Intermediates: env.inter}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		st               *attest.NodeState
+		akPub, akPriv    []byte
+		snapshot         map[string][]byte
+		lastAcceptedBoot uint32
+	)
+	// boot starts swtpm, runs one attestation round and shuts it down
+	// orderly; it returns the appraisal error.
+	boot := func() error {
+		addr, stop := env.start(t, "unix")
+		defer stop()
+		dev, err := tpm.OpenSocket("unix", addr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dev.Close()
+		var ak *tpm.AK
+		if st == nil {
+			ek, err := dev.EK(tpm.EKRSA2048)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ak, err = dev.CreateAK(tpm.EKRSA2048); err != nil {
+				t.Fatal(err)
+			}
+			st = enroll(t, v, ek, ak)
+			akPub, akPriv = ak.Public, ak.Private
+		} else if ak, err = dev.LoadAK(tpm.EKRSA2048, akPub, akPriv); err != nil {
+			t.Fatalf("load ak: %v", err)
+		}
+		m, err := tpm.NewMeasurer(dev, attest.EEPCR, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		measure(t, m, attest.EventExec, "web", "/bin/sh", shDigest)
+		_, err = v.Appraise(st, evidence(t, m, ak, st), tlsHash)
+		if err == nil {
+			c, _ := st.LastClock()
+			lastAcceptedBoot = c.ResetCount
+		}
+		ak.Close()
+		if err := dev.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+		return err
+	}
+	if err := boot(); err != nil {
+		t.Fatalf("first boot: %v", err)
+	}
+	snapshot = readDir(t, env.state)
+	for i := range 2 {
+		if err := boot(); err != nil {
+			t.Fatalf("boot %d: %v", i+2, err)
+		}
+	}
+	writeDir(t, env.state, snapshot)
+	err = boot()
+	var cerr *attest.CounterError
+	if !errors.As(err, &cerr) || cerr.Field != "resetCount" {
+		t.Fatalf("rolled-back vTPM: %v, want CounterError on resetCount", err)
+	}
+	if cerr.Prev != uint64(lastAcceptedBoot) || cerr.Got >= cerr.Prev {
+		t.Fatalf("counter error %+v, last accepted boot %d", cerr, lastAcceptedBoot)
+	}
+	t.Logf("refused: %v", err)
+}
+
+func readDir(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[e.Name()] = b
+	}
+	return out
+}
+
+func writeDir(t *testing.T, dir string, files map[string][]byte) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, keep := files[e.Name()]; !keep && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

@@ -73,6 +73,18 @@ func (t *TPM) Startup() error {
 	})
 }
 
+// Shutdown sends TPM2_Shutdown(CLEAR), the orderly stop an OS performs
+// before power-off: the TPM saves its clock and counters. Use it before
+// stopping a swtpm whose state is kept.
+func (t *TPM) Shutdown() error {
+	return t.do(func(tp transport.TPM) error {
+		if _, err := (tpm2.Shutdown{ShutdownType: tpm2.TPMSUClear}).Execute(tp); err != nil {
+			return fmt.Errorf("tpm shutdown: %w", err)
+		}
+		return nil
+	})
+}
+
 // Close closes the transport. Loaded keys are not flushed: a TPM behind a
 // resource manager flushes them when the connection closes; callers using
 // a raw TPM should Close their AK first.
