@@ -53,9 +53,14 @@ var (
 var ErrDamaged = errors.New("audit: log files are damaged, run fsck")
 
 // FileStorage is the durable Storage: an append-only leaf file of framed
-// records, an offset index and an append-only checkpoint file, each synced
-// before a write returns. It holds an exclusive lock on the directory while
-// open. It implements CheckpointHistory.
+// records, an offset index and an append-only checkpoint file. It holds an
+// exclusive lock on the directory while open and implements
+// CheckpointHistory.
+//
+// Only the leaf file is synced on every append (one fdatasync per batch):
+// the index is derived from it, and a checkpoint lost in a power loss is
+// signed again, identically, by Open from the synced leaves. Close syncs the
+// index and checkpoint files.
 //
 // After a crash (kill -9 or power loss) OpenFile removes what the crash left
 // half-written: a torn final frame, frames of a batch that was never
@@ -428,9 +433,9 @@ func (s *FileStorage) recoverCheckpoints() error {
 	return nil
 }
 
-// AppendLeaves implements Storage. The leaves are written with one write,
-// synced, then indexed and the index synced. On an error both files are
-// truncated back; if even that fails the storage refuses further writes.
+// AppendLeaves implements Storage. The leaves are written with one write and
+// synced (fdatasync), then indexed. On an error both files are truncated
+// back; if even that fails the storage refuses further writes.
 func (s *FileStorage) AppendLeaves(ctx context.Context, start uint64, leaves [][]byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -470,13 +475,13 @@ func (s *FileStorage) AppendLeaves(ctx context.Context, start uint64, leaves [][
 		if _, err := s.leaves.WriteAt(buf, int64(s.dataEnd)); err != nil {
 			return err
 		}
-		if err := s.leaves.Sync(); err != nil {
+		if err := syscall.Fdatasync(int(s.leaves.Fd())); err != nil {
 			return err
 		}
-		if _, err := s.index.WriteAt(idx, indexEnd); err != nil {
-			return err
-		}
-		return s.index.Sync()
+		// The index is not synced: after a power loss OpenFile rebuilds
+		// its missing tail from the synced leaves.
+		_, err := s.index.WriteAt(idx, indexEnd)
+		return err
 	}()
 	if err != nil {
 		terr := errors.Join(s.index.Truncate(indexEnd), s.leaves.Truncate(int64(s.dataEnd)), s.index.Sync(), s.leaves.Sync())
@@ -568,7 +573,7 @@ func (s *FileStorage) Size(ctx context.Context) (uint64, error) {
 }
 
 // PutCheckpoint implements Storage: the checkpoint is appended to the
-// checkpoint file and synced.
+// checkpoint file. It is not synced (see FileStorage).
 func (s *FileStorage) PutCheckpoint(ctx context.Context, signed []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -583,10 +588,6 @@ func (s *FileStorage) PutCheckpoint(ctx context.Context, signed []byte) error {
 	}
 	buf := appendFrame(nil, s.cpCount, 0, signed)
 	if _, err := s.cps.WriteAt(buf, int64(s.cpEnd)); err != nil {
-		s.rollbackCheckpoint()
-		return fmt.Errorf("put checkpoint: %w", err)
-	}
-	if err := s.cps.Sync(); err != nil {
 		s.rollbackCheckpoint()
 		return fmt.Errorf("put checkpoint: %w", err)
 	}
@@ -653,7 +654,7 @@ func (s *FileStorage) Close() error {
 		return nil
 	}
 	s.closed = true
-	return s.closeFiles()
+	return errors.Join(s.index.Sync(), s.cps.Sync(), s.closeFiles())
 }
 
 func (s *FileStorage) closeFiles() error {

@@ -22,7 +22,9 @@ type Storage interface {
 	ReadLeaves(ctx context.Context, start, n uint64) ([][]byte, error)
 	// Size returns the number of stored leaves.
 	Size(ctx context.Context) (uint64, error)
-	// PutCheckpoint durably stores a signed checkpoint as the latest one.
+	// PutCheckpoint stores a signed checkpoint as the latest one. It need
+	// not be durable when it returns: a Log whose stored checkpoint lags its
+	// leaves signs a new one when it opens.
 	PutCheckpoint(ctx context.Context, signed []byte) error
 	// Checkpoint returns the latest stored checkpoint, or nil and no error if
 	// none was ever stored.
