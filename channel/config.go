@@ -30,6 +30,10 @@ type Config struct {
 	// ListenPort is the underlay UDP port; 0 picks a free port (see
 	// ListenPort on the interface for the one chosen).
 	ListenPort uint16
+	// ListenAddr optionally binds the underlay socket to one local address
+	// (e.g. 127.0.0.1). Only the userspace data plane supports it; the zero
+	// value listens on all addresses (of the namespace, for the TUN plane).
+	ListenAddr netip.Addr
 	// Address is the node's overlay address and the domain's overlay prefix,
 	// e.g. 10.77.0.1/24.
 	Address netip.Prefix
@@ -60,6 +64,9 @@ func (c *Config) Validate() error {
 	a := c.Address.Addr()
 	if a.Zone() != "" || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
 		return fmt.Errorf("config: expected a unicast overlay address, got %s", c.Address)
+	}
+	if c.ListenAddr.IsValid() && (c.ListenAddr.Zone() != "" || c.ListenAddr.IsMulticast()) {
+		return fmt.Errorf("config: expected a unicast listen address without zone, got %s", c.ListenAddr)
 	}
 	if c.MTU != 0 && (c.MTU < 1280 || c.MTU > 65535) {
 		return fmt.Errorf("config: expected an MTU between 1280 and 65535 (or 0 for %d), got %d", DefaultMTU, c.MTU)

@@ -48,6 +48,9 @@ func New(cfg Config) (*Interface, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.ListenAddr.IsValid() {
+		return nil, errors.New("config: ListenAddr is supported only by the userspace data plane; expected it unset for a TUN interface")
+	}
 	log := cfg.logger().With("domain", cfg.Domain, "iface", cfg.Name)
 	i := &Interface{cfg: cfg, log: log, ns: netns.None(), routes: map[netip.Prefix]bool{}}
 	ok := false

@@ -293,6 +293,11 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	c := good
+	c.ListenAddr = netip.MustParseAddr("127.0.0.1")
+	if _, err := New(c); err == nil || !strings.Contains(err.Error(), "ListenAddr") {
+		t.Errorf("New accepted ListenAddr: %v", err)
+	}
+	c = good
 	c.NetNS = "/run/netns/x"
 	if _, err := NewUserspace(c); err == nil {
 		t.Error("NewUserspace accepted a network namespace")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -204,3 +205,51 @@ func readFile(path string) (string, error) {
 }
 
 func hex4(port uint16) string { return fmt.Sprintf(":%04X", port) }
+
+// TestInNetNSLeavesNoThreadBehind: after many namespace switches, every
+// thread of the process is back in the original namespace.
+func TestInNetNSLeavesNoThreadBehind(t *testing.T) {
+	l := newLab(t, 1)
+	want, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := netns.GetFromPath(l.nodes[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	var inside atomic.Value // string
+	inside.Store("")
+	errs := make(chan error, 64)
+	for range 64 {
+		go func() {
+			errs <- inNetNS(h, func() error {
+				s, err := os.Readlink("/proc/thread-self/ns/net")
+				if err == nil && s == want {
+					err = fmt.Errorf("fn ran in the original namespace %s", s)
+				}
+				inside.Store(s)
+				return err
+			})
+		}()
+	}
+	for range 64 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		got, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net")
+		if err != nil {
+			continue // thread exited meanwhile
+		}
+		if got != want {
+			t.Fatalf("thread %s left in %s (node namespace %s), want %s", task.Name(), got, inside.Load(), want)
+		}
+	}
+}

@@ -18,9 +18,11 @@ const BackendNetstack = "wireguard-go/netstack"
 // Userspace is one domain's WireGuard interface implemented entirely in this
 // process: wireguard-go over a userspace TCP/IP stack (gVisor netstack). It
 // needs no privileges. The overlay is reachable only through [Userspace.Net];
-// the underlay is an ordinary UDP socket of this process (listening on all
-// local addresses at Config.ListenPort; peers on one machine use loopback
-// endpoints). It is safe for concurrent use.
+// the underlay is an ordinary UDP socket of this process at
+// Config.ListenPort, bound to Config.ListenAddr when set (e.g. 127.0.0.1, so
+// nothing is exposed beyond loopback; peers on one machine then use loopback
+// endpoints) and to all local addresses otherwise. It is safe for concurrent
+// use.
 type Userspace struct {
 	cfg  Config
 	log  *slog.Logger
@@ -44,7 +46,11 @@ func NewUserspace(cfg Config) (*Userspace, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create netstack: %w", err)
 	}
-	dev := device.NewDevice(td, conn.NewDefaultBind(), wgLogger(log))
+	bind := conn.NewDefaultBind()
+	if cfg.ListenAddr.IsValid() {
+		bind = &addrBind{addr: cfg.ListenAddr.Unmap()}
+	}
+	dev := device.NewDevice(td, bind, wgLogger(log))
 	c, err := newCore(log, dev, cfg.PrivateKey)
 	if err != nil {
 		dev.Close()
@@ -64,7 +70,7 @@ func NewUserspace(cfg Config) (*Userspace, error) {
 		dev.Close()
 		return nil, err
 	}
-	log.Info("interface up", "backend", BackendNetstack, "address", cfg.Address, "listen_port", port,
+	log.Info("interface up", "backend", BackendNetstack, "address", cfg.Address, "listen_addr", cfg.ListenAddr, "listen_port", port,
 		"mtu", mtu, "public_key", c.self)
 	return u, nil
 }

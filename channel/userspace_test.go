@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,11 +40,23 @@ func mustKey(t testing.TB) PrivateKey {
 	return k
 }
 
+// newUserspace starts a userspace interface whose underlay listens on the
+// loopback address of the overlay's family only.
 func newUserspace(t testing.TB, name string, addr string) *Userspace {
+	t.Helper()
+	ov := netip.MustParsePrefix(addr)
+	lo := netip.MustParseAddr("127.0.0.1")
+	if ov.Addr().Is6() {
+		lo = netip.IPv6Loopback()
+	}
+	return newUserspaceOn(t, name, ov, lo)
+}
+
+func newUserspaceOn(t testing.TB, name string, addr netip.Prefix, listen netip.Addr) *Userspace {
 	t.Helper()
 	u, err := NewUserspace(Config{
 		Name: name, Domain: "d1", PrivateKey: mustKey(t),
-		Address: netip.MustParsePrefix(addr), Logger: testLogger(t),
+		Address: addr, ListenAddr: listen, Logger: testLogger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +93,24 @@ func peerByKey(t testing.TB, peers []PeerStatus, k PublicKey) PeerStatus {
 // TestUserspaceTransfer runs two netstack instances over loopback UDP and
 // moves data over TCP through the overlay. No root needed.
 func TestUserspaceTransfer(t *testing.T) {
-	a := newUserspace(t, "tvdA", "198.19.77.1/24")
-	b := newUserspace(t, "tvdB", "198.19.77.2/24")
+	t.Run("loopback-bind", func(t *testing.T) {
+		testUserspaceTransfer(t, netip.MustParseAddr("127.0.0.1"))
+	})
+	t.Run("all-addresses", func(t *testing.T) {
+		testUserspaceTransfer(t, netip.Addr{})
+	})
+}
+
+func testUserspaceTransfer(t *testing.T, listen netip.Addr) {
+	a := newUserspaceOn(t, "tvdA", netip.MustParsePrefix("198.19.77.1/24"), listen)
+	b := newUserspaceOn(t, "tvdB", netip.MustParsePrefix("198.19.77.2/24"), listen)
+	if listen.IsValid() {
+		port, _ := a.ListenPort()
+		udp, err := os.ReadFile("/proc/net/udp")
+		if err == nil && !strings.Contains(string(udp), fmt.Sprintf("0100007F:%04X", port)) {
+			t.Fatalf("underlay port %d not bound to 127.0.0.1:\n%s", port, udp)
+		}
+	}
 	if err := a.SetPeers([]Peer{loopbackPeer(t, b, 0)}); err != nil {
 		t.Fatal(err)
 	}
