@@ -146,6 +146,7 @@ func (c Config) Validate() error {
 // Store is a store.Store on an etcd cluster, under one key prefix.
 type Store struct {
 	cli     *clientv3.Client
+	where   string // endpoints and prefix, for errors
 	prefix  string
 	timeout time.Duration
 	log     *slog.Logger
@@ -196,6 +197,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		cli:     cli,
+		where:   describe(endpoints, cfg.Prefix),
 		prefix:  cfg.Prefix,
 		timeout: cfg.RequestTimeout,
 		log:     log,
@@ -409,7 +411,7 @@ func (s *Store) readError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w (during the read: %v)", store.ErrClosed, err)
 	}
 	if ctx.Err() != nil {
-		return ctxError(ctx, err)
+		return fmt.Errorf("%w (no answer from %s)", ctxError(ctx, err), s.where)
 	}
 	return err
 }
@@ -445,8 +447,8 @@ func (s *Store) commitError(ctx context.Context, err error) error {
 	default:
 		why = "etcd connection failed"
 	}
-	return fmt.Errorf("commit: %w: %s while the transaction was in flight, re-read to learn whether it applied (etcd: %v)",
-		store.ErrIndeterminate, why, err)
+	return fmt.Errorf("commit: %w: %s while the transaction was in flight to %s, re-read to learn whether it applied (etcd: %v)",
+		store.ErrIndeterminate, why, s.where, err)
 }
 
 // grpcCode is the gRPC status code of an error from the client, or

@@ -41,15 +41,20 @@ func uniquePrefix(t testing.TB) string {
 
 func openAt(t testing.TB, e *etcdServer, prefix string) *etcd.Store {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := etcd.Open(ctx, etcd.Config{
+	return openWith(t, etcd.Config{
 		Endpoints: []string{e.endpoint()},
 		Prefix:    prefix,
 		Logger:    slog.New(slog.DiscardHandler),
 	})
+}
+
+func openWith(t testing.TB, cfg etcd.Config) *etcd.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := etcd.Open(ctx, cfg)
 	if err != nil {
-		t.Fatalf("open %s: %v", prefix, err)
+		t.Fatalf("open %s: %v", cfg.URL(), err)
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
