@@ -214,6 +214,17 @@ func TestRecordedRefusals(t *testing.T) {
 			t.Fatalf("err %v, want SignatureError on qualifiedSigner", err)
 		}
 	})
+	t.Run("state for other pcrs", func(t *testing.T) {
+		v14, err := NewVerifier(Config{Refs: recordedRefs(), LogPCRs: []int{14}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := recordedState(t, "state0.bin")
+		res, err := v14.Appraise(st, recordedEvidence(t, "ev1"), tls)
+		if err == nil || res.Status != tvd.StatusUnknown || !bytes.Equal(st.Nonce(), recordedState(t, "state0.bin").Nonce()) {
+			t.Fatalf("err %v status %v", err, res.Status)
+		}
+	})
 	t.Run("no nonce outstanding", func(t *testing.T) {
 		st := recordedState(t, "state0.bin")
 		st.hasNonce = false

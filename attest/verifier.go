@@ -277,6 +277,10 @@ func (v *Verifier) Appraise(st *NodeState, ev *Evidence, tlsKeyHash [32]byte) (*
 		res.Status = tvd.StatusUnknown
 		return res, errors.New("appraise: want an enrolled node state and evidence")
 	}
+	if !slices.Equal(st.pcrs, v.pcrs) {
+		res.Status = tvd.StatusUnknown
+		return res, fmt.Errorf("appraise: node state replays pcrs %v, verifier is configured for %v (re-enrol the node)", st.pcrs, v.pcrs)
+	}
 	pending, had := st.nonce, st.hasNonce
 	if err := v.issueNonce(st); err != nil {
 		res.Status = tvd.StatusUnknown

@@ -123,7 +123,14 @@ type framedConn struct {
 
 const maxResponse = 1 << 16
 
+// commandTimeout bounds one command's round trip on a socket TPM, so a
+// stalled swtpm fails the command instead of blocking its caller forever.
+const commandTimeout = time.Minute
+
 func (f *framedConn) Write(p []byte) (int, error) {
+	if err := f.c.SetDeadline(time.Now().Add(commandTimeout)); err != nil {
+		return 0, fmt.Errorf("set tpm socket deadline: %w", err)
+	}
 	return f.c.Write(p)
 }
 
