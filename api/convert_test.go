@@ -60,7 +60,7 @@ func TestConvert(t *testing.T) {
 // message.
 func FuzzWireMessages(f *testing.F) {
 	seeds := []proto.Message{
-		&tvdv1.EnrollRequest{JoinToken: "t", NodeName: "n1", Csr: []byte{0x30}, Platform: &tvdv1.EnrollRequest_Tpm{Tpm: &tvdv1.TPMEnrollment{Endorsement: &tvdv1.TPMEnrollment_EkCert{EkCert: []byte{1}}}}},
+		&tvdv1.EnrollRequest{JoinToken: "t", NodeName: "n1", Csr: []byte{0x30}, Platform: &tvdv1.EnrollRequest_Tpm{Tpm: &tvdv1.TPMEnrollment{EkPublic: []byte{2}, EkCert: []byte{1}}}},
 		&tvdv1.ReportRequest{Node: "n1", Nonce: []byte{1, 2}, Quote: &tvdv1.Quote{Attest: []byte{3}}, Pcrs: []*tvdv1.PCRValue{{HashAlg: 11, Index: 10, Digest: []byte{4}}},
 			Acks: []*tvdv1.PlanAck{{PlanVersion: 3, Domains: []*tvdv1.DomainAck{{Domain: "d", Channel: tvdv1.ChannelState_CHANNEL_STATE_UP}}}}},
 		&tvdv1.ActivateCredentialRequest{EnrollmentId: "e", Secret: []byte{5}},

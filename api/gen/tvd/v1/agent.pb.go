@@ -245,26 +245,21 @@ func (x *EESpec) GetCsr() []byte {
 	return nil
 }
 
-// TPMEnrollment is the TPM evidence of a node enrolling at TPM assurance.
+// TPMEnrollment is the TPM evidence of a node enrolling at TPM assurance
+// (checked by package attest: BeginEnrollment, then credential activation).
 type TPMEnrollment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How the node proves its endorsement key.
-	//
-	// Types that are valid to be assigned to Endorsement:
-	//
-	//	*TPMEnrollment_EkCert
-	//	*TPMEnrollment_EkPub
-	Endorsement isTPMEnrollment_Endorsement `protobuf_oneof:"endorsement"`
-	// The attestation key's public area (TPM2B_PUBLIC, TPM wire format).
-	AkPublic []byte `protobuf:"bytes,3,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
-	// The AK's creation data (TPM2B_CREATION_DATA), if certified at creation.
-	AkCreateData []byte `protobuf:"bytes,4,opt,name=ak_create_data,json=akCreateData,proto3" json:"ak_create_data,omitempty"`
-	// The TPMS_ATTEST of the AK's creation certification.
-	AkCreateAttestation []byte `protobuf:"bytes,5,opt,name=ak_create_attestation,json=akCreateAttestation,proto3" json:"ak_create_attestation,omitempty"`
-	// The AK's signature over ak_create_attestation (TPMT_SIGNATURE).
-	AkCreateSignature []byte `protobuf:"bytes,6,opt,name=ak_create_signature,json=akCreateSignature,proto3" json:"ak_create_signature,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The endorsement key's public area (TPMT_PUBLIC, TPM wire format).
+	EkPublic []byte `protobuf:"bytes,1,opt,name=ek_public,json=ekPublic,proto3" json:"ek_public,omitempty"`
+	// The EK certificate (DER), checked against the configured manufacturer
+	// or lab CAs. Absent when the EK is on the controller's allowlist (by
+	// fingerprint of its public key).
+	EkCert []byte `protobuf:"bytes,2,opt,name=ek_cert,json=ekCert,proto3" json:"ek_cert,omitempty"`
+	// The attestation key's public area (TPMT_PUBLIC, TPM wire format): an
+	// ECC P-256 restricted signing key.
+	AkPublic      []byte `protobuf:"bytes,3,opt,name=ak_public,json=akPublic,proto3" json:"ak_public,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TPMEnrollment) Reset() {
@@ -297,27 +292,16 @@ func (*TPMEnrollment) Descriptor() ([]byte, []int) {
 	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *TPMEnrollment) GetEndorsement() isTPMEnrollment_Endorsement {
+func (x *TPMEnrollment) GetEkPublic() []byte {
 	if x != nil {
-		return x.Endorsement
+		return x.EkPublic
 	}
 	return nil
 }
 
 func (x *TPMEnrollment) GetEkCert() []byte {
 	if x != nil {
-		if x, ok := x.Endorsement.(*TPMEnrollment_EkCert); ok {
-			return x.EkCert
-		}
-	}
-	return nil
-}
-
-func (x *TPMEnrollment) GetEkPub() []byte {
-	if x != nil {
-		if x, ok := x.Endorsement.(*TPMEnrollment_EkPub); ok {
-			return x.EkPub
-		}
+		return x.EkCert
 	}
 	return nil
 }
@@ -328,47 +312,6 @@ func (x *TPMEnrollment) GetAkPublic() []byte {
 	}
 	return nil
 }
-
-func (x *TPMEnrollment) GetAkCreateData() []byte {
-	if x != nil {
-		return x.AkCreateData
-	}
-	return nil
-}
-
-func (x *TPMEnrollment) GetAkCreateAttestation() []byte {
-	if x != nil {
-		return x.AkCreateAttestation
-	}
-	return nil
-}
-
-func (x *TPMEnrollment) GetAkCreateSignature() []byte {
-	if x != nil {
-		return x.AkCreateSignature
-	}
-	return nil
-}
-
-type isTPMEnrollment_Endorsement interface {
-	isTPMEnrollment_Endorsement()
-}
-
-type TPMEnrollment_EkCert struct {
-	// The EK certificate (DER), checked against the configured manufacturer
-	// or lab CAs.
-	EkCert []byte `protobuf:"bytes,1,opt,name=ek_cert,json=ekCert,proto3,oneof"`
-}
-
-type TPMEnrollment_EkPub struct {
-	// The EK public key (PKIX DER) when the TPM has no certificate; it must
-	// be on the controller's EK allowlist.
-	EkPub []byte `protobuf:"bytes,2,opt,name=ek_pub,json=ekPub,proto3,oneof"`
-}
-
-func (*TPMEnrollment_EkCert) isTPMEnrollment_Endorsement() {}
-
-func (*TPMEnrollment_EkPub) isTPMEnrollment_Endorsement() {}
 
 // EnrollRequest is a node's first call.
 type EnrollRequest struct {
@@ -2034,14 +1977,15 @@ type ReportRequest struct {
 	// A quote over the PCRs with the nonce as qualifying data; absent for an
 	// implicit-assurance node.
 	Quote *Quote `protobuf:"bytes,3,opt,name=quote,proto3" json:"quote,omitempty"`
-	// The quoted PCR values.
+	// The claimed values of the quoted PCRs, in selection order.
 	Pcrs []*PCRValue `protobuf:"bytes,4,rep,name=pcrs,proto3" json:"pcrs,omitempty"`
-	// The index in the node's event log of the first entry in
-	// event_log_entries; the controller detects gaps with it.
-	EventLogStart uint64 `protobuf:"varint,5,opt,name=event_log_start,json=eventLogStart,proto3" json:"event_log_start,omitempty"`
-	// The event-log entries measured since the last report, in the format
-	// defined by package attest, oldest first.
-	EventLogEntries [][]byte `protobuf:"bytes,6,rep,name=event_log_entries,json=eventLogEntries,proto3" json:"event_log_entries,omitempty"`
+	// The sequence number, within the TPM's current boot, of the first entry
+	// in events; the controller detects gaps and replays with it.
+	FirstEventSeq uint64 `protobuf:"varint,5,opt,name=first_event_seq,json=firstEventSeq,proto3" json:"first_event_seq,omitempty"`
+	// The measurement-log entries recorded since the last report, oldest
+	// first, concatenated in the wire encoding of package attest
+	// (attest.EncodeEvents).
+	Events []byte `protobuf:"bytes,6,opt,name=events,proto3" json:"events,omitempty"`
 	// The state of every EE on the node.
 	Ees []*EEStatus `protobuf:"bytes,7,rep,name=ees,proto3" json:"ees,omitempty"`
 	// Acknowledgements of the plans applied since the last report.
@@ -2112,16 +2056,16 @@ func (x *ReportRequest) GetPcrs() []*PCRValue {
 	return nil
 }
 
-func (x *ReportRequest) GetEventLogStart() uint64 {
+func (x *ReportRequest) GetFirstEventSeq() uint64 {
 	if x != nil {
-		return x.EventLogStart
+		return x.FirstEventSeq
 	}
 	return 0
 }
 
-func (x *ReportRequest) GetEventLogEntries() [][]byte {
+func (x *ReportRequest) GetEvents() []byte {
 	if x != nil {
-		return x.EventLogEntries
+		return x.Events
 	}
 	return nil
 }
@@ -2463,15 +2407,11 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x03csr\x18\a \x01(\fR\x03csr\x1a9\n" +
 	"\vClaimsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\x01\n" +
-	"\rTPMEnrollment\x12\x19\n" +
-	"\aek_cert\x18\x01 \x01(\fH\x00R\x06ekCert\x12\x17\n" +
-	"\x06ek_pub\x18\x02 \x01(\fH\x00R\x05ekPub\x12\x1b\n" +
-	"\tak_public\x18\x03 \x01(\fR\bakPublic\x12$\n" +
-	"\x0eak_create_data\x18\x04 \x01(\fR\fakCreateData\x122\n" +
-	"\x15ak_create_attestation\x18\x05 \x01(\fR\x13akCreateAttestation\x12.\n" +
-	"\x13ak_create_signature\x18\x06 \x01(\fR\x11akCreateSignatureB\r\n" +
-	"\vendorsement\"\xdb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"b\n" +
+	"\rTPMEnrollment\x12\x1b\n" +
+	"\tek_public\x18\x01 \x01(\fR\bekPublic\x12\x17\n" +
+	"\aek_cert\x18\x02 \x01(\fR\x06ekCert\x12\x1b\n" +
+	"\tak_public\x18\x03 \x01(\fR\bakPublic\"\xdb\x01\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x1b\n" +
@@ -2592,14 +2532,14 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"ChannelKey\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x120\n" +
 	"\x14wireguard_public_key\x18\x02 \x01(\fR\x12wireguardPublicKey\x12\x1a\n" +
-	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xfc\x02\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xe8\x02\n" +
 	"\rReportRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12#\n" +
 	"\x05quote\x18\x03 \x01(\v2\r.tvd.v1.QuoteR\x05quote\x12$\n" +
 	"\x04pcrs\x18\x04 \x03(\v2\x10.tvd.v1.PCRValueR\x04pcrs\x12&\n" +
-	"\x0fevent_log_start\x18\x05 \x01(\x04R\reventLogStart\x12*\n" +
-	"\x11event_log_entries\x18\x06 \x03(\fR\x0feventLogEntries\x12\"\n" +
+	"\x0ffirst_event_seq\x18\x05 \x01(\x04R\rfirstEventSeq\x12\x16\n" +
+	"\x06events\x18\x06 \x01(\fR\x06events\x12\"\n" +
 	"\x03ees\x18\a \x03(\v2\x10.tvd.v1.EEStatusR\x03ees\x12#\n" +
 	"\x04acks\x18\b \x03(\v2\x0f.tvd.v1.PlanAckR\x04acks\x125\n" +
 	"\fchannel_keys\x18\t \x03(\v2\x12.tvd.v1.ChannelKeyR\vchannelKeys\x12\"\n" +
@@ -2765,10 +2705,6 @@ func file_tvd_v1_agent_proto_init() {
 		return
 	}
 	file_tvd_v1_types_proto_init()
-	file_tvd_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
-		(*TPMEnrollment_EkCert)(nil),
-		(*TPMEnrollment_EkPub)(nil),
-	}
 	file_tvd_v1_agent_proto_msgTypes[2].OneofWrappers = []any{
 		(*EnrollRequest_Tpm)(nil),
 	}
