@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -151,9 +150,3 @@ func (f *framedConn) Read(p []byte) (int, error) {
 }
 
 func (f *framedConn) Close() error { return f.c.Close() }
-
-// fileExists reports whether path exists.
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
-}
