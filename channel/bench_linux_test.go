@@ -347,71 +347,89 @@ func BenchmarkOverlayThroughput(b *testing.B) {
 }
 
 // BenchmarkSetPeersOneChange measures applying a peer set that differs from
-// the current one (200 peers) in one peer's allowed IPs, and reports p50/p99
-// latency against the baseline primitive: wireguard-go's IpcSet of the same
-// single-peer change, on the same device, in the same run.
+// the current one (200 peers) in one peer, and reports p50/p99 latency
+// against the baseline primitive: wireguard-go's IpcSet of the same
+// single-peer operation on the same device, in the same run. Kinds:
+// "allowed-ips" (a peer gains, then loses, a prefix outside the interface's
+// own prefix, so the TUN plane also adds and removes a route) and "revoke"
+// (a peer is removed, then admitted again).
 func BenchmarkSetPeersOneChange(b *testing.B) {
-	b.Run("netstack", func(b *testing.B) {
-		u := newUserspace(b, "tvdbench", "198.19.77.1/24")
-		benchSetPeers(b, u.core, u.SetPeers)
-	})
-	b.Run("tun", func(b *testing.B) {
-		l := newLab(b, 1)
-		i := l.nodes[0].iface(b, "tvd0", mustKey(b), labPort, l.nodes[0].overlay)
-		benchSetPeers(b, i.core, i.SetPeers)
-	})
+	for _, kind := range []string{"allowed-ips", "revoke"} {
+		b.Run("netstack/"+kind, func(b *testing.B) {
+			u := newUserspace(b, "tvdbench", "198.19.77.1/24")
+			benchSetPeers(b, u.core, u.SetPeers, kind)
+		})
+		b.Run("tun/"+kind, func(b *testing.B) {
+			l := newLab(b, 1)
+			i := l.nodes[0].iface(b, "tvd0", mustKey(b), labPort, l.nodes[0].overlay)
+			benchSetPeers(b, i.core, i.SetPeers, kind)
+		})
+	}
 }
 
-func benchSetPeers(b *testing.B, c *core, set func([]Peer) error) {
+func benchSetPeers(b *testing.B, c *core, set func([]Peer) error, kind string) {
 	const n = 200
-	peers := make([]Peer, n)
-	for i := range peers {
-		peers[i] = Peer{
+	base := make([]Peer, n)
+	for i := range base {
+		base[i] = Peer{
 			PublicKey:  mustKey(b).PublicKey(),
 			Endpoint:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 51820),
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 77, byte(i + 2)}), 32)},
 		}
 	}
-	if err := set(peers); err != nil {
+	if err := set(base); err != nil {
 		b.Fatal(err)
 	}
-	base := peers
 	extra := []netip.Prefix{netip.MustParsePrefix("198.19.100.0/24"), netip.MustParsePrefix("198.19.101.0/24")}
+	// rawOp is the baseline: the same single-peer operation on peer q,
+	// straight to wireguard-go, outside our bookkeeping; step 1 undoes
+	// step 0, so the device matches the bookkeeping after every pair.
+	rawOp := func(q Peer, step int) string {
+		switch {
+		case kind == "revoke" && step == 0:
+			return fmt.Sprintf("public_key=%s\nremove=true\n", q.PublicKey.hex())
+		case kind == "revoke":
+			return fmt.Sprintf("public_key=%s\nendpoint=%s\npersistent_keepalive_interval=0\nreplace_allowed_ips=true\nallowed_ip=%s\n",
+				q.PublicKey.hex(), q.Endpoint, q.AllowedIPs[0])
+		case step == 0:
+			return fmt.Sprintf("public_key=%s\nupdate_only=true\nallowed_ip=%s\n", q.PublicKey.hex(), extra[1])
+		default:
+			return fmt.Sprintf("public_key=%s\nupdate_only=true\nallowed_ip=-%s\n", q.PublicKey.hex(), extra[1])
+		}
+	}
 	var ours, raw []time.Duration
 	iter := 0
 	for b.Loop() {
-		// Ours: peer k gains a prefix, then loses it again: one changed
+		// Ours: step 0 changes peer k, step 1 restores it: one changed
 		// peer per call.
-		k := iter / 2 % n
+		k, step := iter/2%n, iter%2
 		next := slices.Clone(base)
-		if iter%2 == 0 {
-			p := next[k]
-			p.AllowedIPs = append(slices.Clone(p.AllowedIPs), extra[0])
-			next[k] = p
+		if step == 0 {
+			if kind == "revoke" {
+				next = slices.Delete(next, k, k+1)
+			} else {
+				p := next[k]
+				p.AllowedIPs = append(slices.Clone(p.AllowedIPs), extra[0])
+				next[k] = p
+			}
 		}
 		start := time.Now()
 		if err := set(next); err != nil {
 			b.Fatal(err)
 		}
 		ours = append(ours, time.Since(start))
-		// Baseline: the same kind of change sent straight to wireguard-go
-		// (toggling the second extra prefix on another peer, outside our
-		// bookkeeping, then back).
 		q := base[(k+n/2)%n]
-		op := fmt.Sprintf("public_key=%s\nupdate_only=true\nallowed_ip=%s\n", q.PublicKey.hex(), extra[1])
-		if iter%2 == 1 {
-			op = fmt.Sprintf("public_key=%s\nupdate_only=true\nallowed_ip=-%s\n", q.PublicKey.hex(), extra[1])
-		}
 		start = time.Now()
-		if err := c.dev.IpcSet(op); err != nil {
+		if err := c.dev.IpcSet(rawOp(q, step)); err != nil {
 			b.Fatal(err)
 		}
 		raw = append(raw, time.Since(start))
 		iter++
 	}
 	if iter%2 == 1 { // leave the device as our bookkeeping says
-		q := base[((iter-1)/2%n+n/2)%n]
-		c.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\nallowed_ip=-%s\n", q.PublicKey.hex(), extra[1]))
+		if err := c.dev.IpcSet(rawOp(base[((iter-1)/2%n+n/2)%n], 1)); err != nil {
+			b.Fatal(err)
+		}
 	}
 	p50, p99 := percentile(ours, 50), percentile(ours, 99)
 	b.ReportMetric(float64(p50.Nanoseconds()), "ns-p50")

@@ -134,7 +134,7 @@ func (p Peer) equal(q Peer) bool {
 func normalisePeers(peers []Peer, self PublicKey) ([]Peer, error) {
 	out := make([]Peer, 0, len(peers))
 	seen := make(map[PublicKey]bool, len(peers))
-	owner := make(map[netip.Prefix]PublicKey)
+	owner := make(map[netip.Prefix]PublicKey, len(peers))
 	for i, p := range peers {
 		if p.PublicKey.IsZero() {
 			return nil, fmt.Errorf("peer %d: expected a public key, got none", i)
