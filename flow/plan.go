@@ -79,7 +79,7 @@ func (p *Plan) Validate() error {
 		ifaces[n] = "overlay"
 	}
 	names := make(map[string]bool, len(p.Members))
-	addrs := make(map[netip.Addr]string, len(p.Members))
+	addrs := make(map[netip.Addr]string, 2*len(p.Members))
 	ifaceEE := make(map[string]string)
 	n := ClassID(p.Matrix.NumClasses())
 	for i, m := range p.Members {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/google/nftables"
@@ -21,8 +22,8 @@ const (
 	mapIfCls   = "ifcls"   // ifname -> class of the local EE behind it
 	mapCls4    = "cls4"    // ipv4 -> class
 	mapCls6    = "cls6"    // ipv6 -> class
-	setBind4   = "bind4"   // ifname . ipv4: a local EE's own addresses
-	setBind6   = "bind6"   // ifname . ipv6
+	setBind4   = "bind4"   // ifname . ipv4 -> class: a local EE's own addresses
+	setBind6   = "bind6"   // ifname . ipv6 -> class
 	setQuar4   = "quar4"   // ipv4: quarantined addresses
 	setQuar6   = "quar6"   // ipv6
 	setCtrl4   = "ctrl4"   // ipv4: controller addresses
@@ -55,8 +56,8 @@ var setDefs = []setDef{
 	{name: mapIfCls, key: nftables.TypeIFName, data: &typeClass},
 	{name: mapCls4, key: nftables.TypeIPAddr, data: &typeClass, order: binaryutil.BigEndian},
 	{name: mapCls6, key: nftables.TypeIP6Addr, data: &typeClass, order: binaryutil.BigEndian},
-	{name: setBind4, key: typeBind4, concat: true},
-	{name: setBind6, key: typeBind6, concat: true},
+	{name: setBind4, key: typeBind4, data: &typeClass, concat: true},
+	{name: setBind6, key: typeBind6, data: &typeClass, concat: true},
 	{name: setQuar4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
 	{name: setQuar6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
 	{name: setCtrl4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
@@ -154,77 +155,201 @@ func ifname(n string) string {
 
 func addrBytes(a netip.Addr) string { return string(a.AsSlice()) }
 
-// compile turns a validated plan into the wanted content of every set.
-func compile(p *flow.Plan) state {
+func newState(members int) state {
 	st := make(state, len(setDefs))
 	for _, d := range setDefs {
-		st[d.name] = make(map[string]string)
+		size := 0
+		switch d.name {
+		case mapCls4, mapCls6:
+			size = members
+		}
+		st[d.name] = make(map[string]string, size)
 	}
-	put := func(set, k, v string) { st[set][k] = v }
-	for _, n := range p.EEInterfaces {
-		put(setScope, ifname(n), "")
-		put(setEEIfs, ifname(n), "")
+	return st
+}
+
+func (st state) put(set, k, v string) { st[set][k] = v }
+
+// compile turns a validated plan into the wanted content of every set.
+func compile(p *flow.Plan) state {
+	st := newState(len(p.Members))
+	compileGlobal(p, st)
+	quar := quarantined(p)
+	for _, mem := range p.Members {
+		compileMember(p.Matrix, mem, quar[mem.EE], st)
 	}
-	for _, n := range p.OverlayInterfaces {
-		put(setScope, ifname(n), "")
-	}
+	return st
+}
+
+func quarantined(p *flow.Plan) map[string]bool {
 	quar := make(map[string]bool, len(p.Quarantine))
 	for _, q := range p.Quarantine {
 		quar[q] = true
 	}
-	m := p.Matrix
-	for _, mem := range p.Members {
-		cls := classBytes(mem.Class)
-		if mem.Iface != "" {
-			ifn := ifname(mem.Iface)
-			put(mapIfCls, ifn, cls)
-			if m.IsGateway(mem.Class) {
-				put(setGwIfs, ifn, "")
-			}
-			if quar[mem.EE] {
-				put(setQuarIfs, ifn, "")
-			}
-		}
-		for _, a := range mem.Addrs {
-			ab := addrBytes(a)
-			if a.Is4() {
-				put(mapCls4, ab, cls)
-				if mem.Iface != "" {
-					put(setBind4, ifname(mem.Iface)+ab, "")
-				}
-				if quar[mem.EE] {
-					put(setQuar4, ab, "")
-				}
-			} else {
-				put(mapCls6, ab, cls)
-				if mem.Iface != "" {
-					put(setBind6, ifname(mem.Iface)+ab, "")
-				}
-				if quar[mem.EE] {
-					put(setQuar6, ab, "")
-				}
-			}
-		}
+	return quar
+}
+
+// compileGlobal adds what does not depend on single members: interfaces,
+// controllers and the matrix.
+func compileGlobal(p *flow.Plan, st state) {
+	for _, n := range p.EEInterfaces {
+		st.put(setScope, ifname(n), "")
+		st.put(setEEIfs, ifname(n), "")
+	}
+	for _, n := range p.OverlayInterfaces {
+		st.put(setScope, ifname(n), "")
 	}
 	for _, c := range p.Controllers {
 		if c.Is4() {
-			put(setCtrl4, addrBytes(c), "")
+			st.put(setCtrl4, addrBytes(c), "")
 		} else {
-			put(setCtrl6, addrBytes(c), "")
+			st.put(setCtrl6, addrBytes(c), "")
 		}
 	}
+	m := p.Matrix
 	n := m.NumClasses()
 	for s := range n {
 		for d := range n {
 			sc, dc := flow.ClassID(s), flow.ClassID(d)
 			key := classBytes(sc) + classBytes(dc)
-			put(mapVerdict, key, verdictChain(m, sc, dc))
+			st.put(mapVerdict, key, verdictChain(m, sc, dc))
 			if m.MayCross(sc, m.ClassDomain(dc)) {
-				put(setCross, key, "")
+				st.put(setCross, key, "")
 			}
 		}
 	}
-	return st
+}
+
+// compileMember adds one member's elements. Members' elements never
+// overlap: a validated plan gives each address and interface to one
+// member.
+func compileMember(m *flow.Matrix, mem flow.PlanMember, quar bool, st state) {
+	cls := classBytes(mem.Class)
+	var ifn string
+	if mem.Iface != "" {
+		ifn = ifname(mem.Iface)
+		st.put(mapIfCls, ifn, cls)
+		if m.IsGateway(mem.Class) {
+			st.put(setGwIfs, ifn, "")
+		}
+		if quar {
+			st.put(setQuarIfs, ifn, "")
+		}
+	}
+	for _, a := range mem.Addrs {
+		ab := addrBytes(a)
+		cls, bind, q := mapCls6, setBind6, setQuar6
+		if a.Is4() {
+			cls, bind, q = mapCls4, setBind4, setQuar4
+		}
+		st.put(cls, ab, classBytes(mem.Class))
+		if ifn != "" {
+			st.put(bind, ifn+ab, classBytes(mem.Class))
+		}
+		if quar {
+			st.put(q, ab, "")
+		}
+	}
+}
+
+// applied records what a Programmer last applied, to find what changed.
+type applied struct {
+	st      state
+	matrix  *flow.Matrix
+	eeIfs   []string
+	overlay []string
+	ctrls   []netip.Addr
+	members map[string]memberState
+}
+
+type memberState struct {
+	m    flow.PlanMember
+	quar bool
+}
+
+func record(p *flow.Plan, st state) *applied {
+	a := &applied{
+		st:      st,
+		matrix:  p.Matrix,
+		eeIfs:   slices.Clone(p.EEInterfaces),
+		overlay: slices.Clone(p.OverlayInterfaces),
+		ctrls:   slices.Clone(p.Controllers),
+		members: make(map[string]memberState, len(p.Members)),
+	}
+	quar := quarantined(p)
+	for _, m := range p.Members {
+		m.Addrs = slices.Clone(m.Addrs)
+		a.members[m.EE] = memberState{m: m, quar: quar[m.EE]}
+	}
+	return a
+}
+
+// sameGlobal reports whether p has the same matrix, interfaces and
+// controllers as the recorded plan.
+func (a *applied) sameGlobal(p *flow.Plan) bool {
+	return a.matrix == p.Matrix && slices.Equal(a.eeIfs, p.EEInterfaces) &&
+		slices.Equal(a.overlay, p.OverlayInterfaces) && slices.Equal(a.ctrls, p.Controllers)
+}
+
+// memberDiff returns the set changes for a plan that differs from the
+// recorded one only in members and quarantine, looking at changed members
+// only, and updates the record as if the changes were applied (commit
+// them with the returned function).
+func (a *applied) memberDiff(p *flow.Plan) ([]setChange, func()) {
+	quar := quarantined(p)
+	oldPart, newPart := newState(0), newState(0)
+	found := 0
+	var changed []memberState
+	for _, m := range p.Members {
+		ms := memberState{m: m, quar: quar[m.EE]}
+		old, ok := a.members[m.EE]
+		if ok {
+			found++
+			if old.quar == ms.quar && old.m.Class == m.Class && old.m.Iface == m.Iface && slices.Equal(old.m.Addrs, m.Addrs) {
+				continue
+			}
+			compileMember(a.matrix, old.m, old.quar, oldPart)
+		}
+		compileMember(p.Matrix, m, ms.quar, newPart)
+		ms.m.Addrs = slices.Clone(m.Addrs)
+		changed = append(changed, ms)
+	}
+	// EE names are unique, so some recorded member is gone exactly when
+	// fewer than all of them were found.
+	var removed []string
+	if found < len(a.members) {
+		seen := make(map[string]bool, len(p.Members))
+		for _, m := range p.Members {
+			seen[m.EE] = true
+		}
+		for ee, old := range a.members {
+			if !seen[ee] {
+				compileMember(a.matrix, old.m, old.quar, oldPart)
+				removed = append(removed, ee)
+			}
+		}
+	}
+	changes := diff(oldPart, newPart)
+	commit := func() {
+		for _, ch := range changes {
+			set := a.st[ch.name]
+			for _, e := range ch.del {
+				delete(set, string(e.Key))
+			}
+		}
+		for name, els := range newPart {
+			for k, v := range els {
+				a.st[name][k] = v
+			}
+		}
+		for _, ee := range removed {
+			delete(a.members, ee)
+		}
+		for _, ms := range changed {
+			a.members[ms.m.EE] = ms
+		}
+	}
+	return changes, commit
 }
 
 // setChange is the change of one set: elements to delete, then to add.

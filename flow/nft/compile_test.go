@@ -1,7 +1,10 @@
 package nft
 
 import (
+	"fmt"
 	"net/netip"
+	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/tvd-dev/tvd/flow"
@@ -128,4 +131,55 @@ func TestApplyRejectsBadPlan(t *testing.T) {
 	if err := p.Apply(&flow.Plan{}); err == nil {
 		t.Error("plan without a matrix accepted")
 	}
+}
+
+// TestMemberDiffMatchesCompile checks the member-level fast path against a
+// full compile and diff over a run of membership changes.
+func TestMemberDiffMatchesCompile(t *testing.T) {
+	m := table3(t, false)
+	plan := withRemoteMembers(plainPlan(t, m, table3EEs), 50)
+	a := record(plan, compile(plan))
+	step := func(name string, next *flow.Plan) {
+		t.Helper()
+		if err := next.Validate(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !a.sameGlobal(next) {
+			t.Fatalf("%s: global part changed", name)
+		}
+		fast, commit := a.memberDiff(next)
+		full := diff(a.st, compile(next))
+		if fmt.Sprint(fast) != fmt.Sprint(full) {
+			t.Errorf("%s: member diff %v, full diff %v", name, fast, full)
+		}
+		commit()
+		if !reflect.DeepEqual(a.st, compile(next)) {
+			t.Errorf("%s: recorded state differs from the plan's", name)
+		}
+		plan = next
+	}
+	clone := func() *flow.Plan { return withRemoteMembers(plan, 0) }
+
+	next := clone()
+	next.Members = append(next.Members, remoteMember(900, 3))
+	step("add", next)
+	next = clone()
+	next.Members = slices.Delete(next.Members, 10, 11)
+	step("remove", next)
+	next = clone()
+	next.Members[7].Addrs = []netip.Addr{netip.MustParseAddr("10.200.0.1")}
+	step("readdress", next)
+	next = clone()
+	next.Members[2].Class = 5
+	step("reclass", next)
+	next = clone()
+	next.Quarantine = []string{"y-mc", "remote-3"}
+	step("quarantine", next)
+	next = clone()
+	next.Quarantine = nil
+	step("release", next)
+	next = clone()
+	next.Members[0].EE = "renamed"
+	step("rename", next)
+	step("same", clone())
 }

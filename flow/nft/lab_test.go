@@ -30,7 +30,7 @@ import (
 const (
 	nsPrefix   = "tvdnft-"
 	listenPort = 7070
-	dialWait   = 400 * time.Millisecond
+	dialWait   = 900 * time.Millisecond // under the first SYN retransmission (1 s)
 )
 
 var (

@@ -55,7 +55,7 @@ type Programmer struct {
 	conn    *nftables.Conn
 	table   *nftables.Table
 	sets    map[string]*nftables.Set
-	applied state // nil until the table is built
+	applied *applied // nil until the table is built
 }
 
 // New opens a netlink connection into the configured namespace. It does not
@@ -138,19 +138,31 @@ func (p *Programmer) Apply(plan *flow.Plan) error {
 	if err := plan.Validate(); err != nil {
 		return fmt.Errorf("nft: %w", err)
 	}
-	want := compile(plan)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.applied == nil {
+		want := compile(plan)
 		if err := p.build(want); err != nil {
 			return fmt.Errorf("nft: build table %s: %w", p.table.Name, err)
 		}
-		p.applied = want
+		p.applied = record(plan, want)
 		p.log.Debug("nft table built", "table", p.table.Name, "members", len(plan.Members))
 		return nil
 	}
-	changes := diff(p.applied, want)
+	var (
+		changes []setChange
+		commit  func()
+	)
+	if p.applied.sameGlobal(plan) {
+		// Only members (or the quarantine) may differ: look at those.
+		changes, commit = p.applied.memberDiff(plan)
+	} else {
+		want := compile(plan)
+		changes = diff(p.applied.st, want)
+		commit = func() { p.applied = record(plan, want) }
+	}
 	if len(changes) == 0 {
+		commit()
 		return nil
 	}
 	for _, ch := range changes {
@@ -166,7 +178,7 @@ func (p *Programmer) Apply(plan *flow.Plan) error {
 		p.applied = nil
 		return fmt.Errorf("nft: update table %s: %w", p.table.Name, err)
 	}
-	p.applied = want
+	commit()
 	p.log.Debug("nft table updated", "table", p.table.Name, "changes", fmt.Sprint(changes))
 	return nil
 }

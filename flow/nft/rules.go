@@ -15,8 +15,10 @@ const (
 	regVerdict = unix.NFT_REG_VERDICT
 	reg1       = unix.NFT_REG_1
 	reg2       = unix.NFT_REG_2
+	reg3       = unix.NFT_REG_3
 	reg32x01   = unix.NFT_REG32_01
 	reg32x04   = unix.NFT_REG32_04
+	reg32x08   = unix.NFT_REG32_08
 )
 
 const (
@@ -32,14 +34,15 @@ type family struct {
 	addrLen        uint32
 	cls, bind      string
 	quar, ctrl     string
-	bindAddrReg    uint32
+	bindAddrReg    uint32 // the address after an interface name in reg1
+	bindAddrReg2   uint32 // the address after an interface name in reg2
 }
 
 var families = []family{
 	{name: "4", proto: unix.NFPROTO_IPV4, srcOff: 12, dstOff: 16, addrLen: 4,
-		cls: mapCls4, bind: setBind4, quar: setQuar4, ctrl: setCtrl4, bindAddrReg: reg32x04},
+		cls: mapCls4, bind: setBind4, quar: setQuar4, ctrl: setCtrl4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
 	{name: "6", proto: unix.NFPROTO_IPV6, srcOff: 8, dstOff: 24, addrLen: 16,
-		cls: mapCls6, bind: setBind6, quar: setQuar6, ctrl: setCtrl6, bindAddrReg: reg2},
+		cls: mapCls6, bind: setBind6, quar: setQuar6, ctrl: setCtrl6, bindAddrReg: reg2, bindAddrReg2: reg3},
 }
 
 // side is one end of a hop as the rules see it: the interface the packet
@@ -207,8 +210,21 @@ func (p *Programmer) directionChains(d direction, f family) []chainRules {
 		return ex(loadAddr(f, s, reg2), p.mapTo(f.cls, reg2, dreg))
 	}
 	vmap := ex(p.mapTo(mapVerdict, reg1, regVerdict))
+	// ownClass looks up "interface . address" of a local end in the bind
+	// map: it matches only when the EE behind the interface owns the
+	// address, and yields its class. The key of the origin end goes in
+	// reg1 onwards, that of the final end in reg2 onwards (their classes
+	// land in reg1's first word and reg32x01).
+	ownClassO := ex(loadIf(o, reg1), loadAddr(f, o, f.bindAddrReg), p.mapTo(f.bind, reg1, reg1))
+	ownClassF := ex(loadIf(fin, reg2), loadAddr(f, fin, f.bindAddrReg2), p.mapTo(f.bind, reg2, reg32x01))
 
 	main := chainRules{name: mainChain(d, f), rules: [][]expr.Any{
+		// Fast paths for the common case, where each local end owns its
+		// address: one lookup per end, then the verdict map. They give
+		// the same answer as the general rules below.
+		cat(ownClassO, ownClassF, vmap),
+		cat(notLocal(fin), ownClassO, addrClass(fin, reg32x01), vmap),
+		cat(notLocal(o), addrClass(o, reg1), ownClassF, vmap),
 		cat(mismatch(o), ex(jump(expr.VerdictJump, originChain(d, f)))),
 		cat(mismatch(fin), ex(jump(expr.VerdictJump, finalChain(d, f)))),
 		// The hop's classes: a local end by its interface, a remote end
