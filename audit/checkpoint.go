@@ -187,16 +187,14 @@ func VerifierKeyFor(signerKey string) (string, error) {
 	if !ok {
 		return "", errors.New("verifier key: expected a signer key starting PRIVATE+KEY+")
 	}
-	i := strings.LastIndexByte(rest, '+')
-	if i < 0 {
+	// The name holds no '+' (see validOrigin) and the hash is hex, but the
+	// base64 key may contain '+': split from the left.
+	parts := strings.SplitN(rest, "+", 3)
+	if len(parts) != 3 {
 		return "", errors.New("verifier key: malformed signer key")
 	}
-	j := strings.LastIndexByte(rest[:i], '+')
-	if j < 0 {
-		return "", errors.New("verifier key: malformed signer key")
-	}
-	name := rest[:j]
-	key, err := base64.StdEncoding.DecodeString(rest[i+1:])
+	name := parts[0]
+	key, err := base64.StdEncoding.DecodeString(parts[2])
 	if err != nil || len(key) != 1+ed25519.SeedSize || key[0] != 1 {
 		return "", errors.New("verifier key: expected an Ed25519 signer key")
 	}
