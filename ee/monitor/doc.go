@@ -29,19 +29,21 @@
 // What the monitor does NOT check:
 //
 //   - Code that is not started by execve of a file on the EE root
-//     filesystem: shared libraries mapped by the dynamic loader, scripts
+//     filesystem: shared libraries mapped by the dynamic loader (the loader
+//     itself is measured), scripts
 //     read by an interpreter ("sh x.sh"; "./x.sh" is measured, with its
 //     interpreter), code loaded by interpreters or JITs, and executables on
 //     other filesystems mounted inside the EE (a tmpfs /tmp or /dev/shm,
 //     memfd_create + execveat). The isolation driver must mount every other
 //     writable filesystem of the EE noexec and set vm.memfd_noexec=2 in the
 //     EE's pid namespace.
-//   - A writer that already holds the file open for writing, or opens it in
-//     the instant between the monitor's answer and the kernel's
-//     deny-write-on-exec, can change the content after it was measured. The
-//     monitor compares the file's status before and after hashing and
-//     refuses (enforce) or reports (measure) a change it sees, but it cannot
-//     close that window from user space.
+//   - A process that opens the file for writing in the instant between the
+//     monitor's answer and the kernel's deny-write-on-exec can change the
+//     content after it was measured. (A file already open for writing makes
+//     the exec fail with ETXTBSY, and the monitor refuses in enforce mode,
+//     or reports in measure mode, a change it sees while hashing; writes
+//     made from the host directly to an overlay layer are not stopped by
+//     ETXTBSY, but the next exec re-measures them.)
 //   - When the monitor's fanotify group is closed (Unwatch, Close, or the
 //     process dies) the kernel allows every pending and later exec on that
 //     filesystem. The agent must treat a dead monitor as a violation.

@@ -466,25 +466,37 @@ func TestCacheHit(t *testing.T) {
 }
 
 func TestRecentlyChangedFileIsNotCached(t *testing.T) {
-	requireMonitor(t)
-	x := newExecer(t)
-	r := newRoot(t)
-	install(t, filepath.Join(r.lower, "bin/tool"), selfImage(t))
-	rec := &recorder{}
-	m := startMonitor(t, allowlist{}, rec, nil)
-	watch(t, m, "ee-racy", r, ModeMeasure)
-	// Touch the file so its ctime is now: within the racy window every
-	// exec is hashed.
-	if err := os.Chmod(filepath.Join(r.merged, "bin/tool"), 0o755); err != nil {
+	path := filepath.Join(t.TempDir(), "tool")
+	digest := install(t, path, []byte("#!/bin/sh\nexit 0\n"))
+	f, err := os.Open(path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 2 {
-		if err := x.run(filepath.Join(r.merged, "bin/tool")); err != nil {
-			t.Fatalf("exec %d: %v", i, err)
-		}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
 	}
-	if s := m.Stats(); s.CacheHits != 0 || s.CacheMisses != 2 {
-		t.Errorf("stats %+v: want both execs hashed", s)
+	ctime := time.Unix(st.Ctim.Unix())
+	for _, tc := range []struct {
+		age    time.Duration
+		cached bool
+	}{
+		{0, false},
+		{racyWindow / 2, false},
+		{racyWindow + time.Millisecond, true},
+	} {
+		ms := &measurer{maxSize: 1 << 20, buf: make([]byte, 4096), now: func() time.Time { return ctime.Add(tc.age) }}
+		cache := newDigestCache(8)
+		for i := range 2 {
+			got, hit, err := ms.measure(int(f.Fd()), cache)
+			if err != nil || got != digest {
+				t.Fatalf("measure: %x, %v; want %x", got, err, digest)
+			}
+			if want := i == 1 && tc.cached; hit != want {
+				t.Errorf("file changed %v before measurement, measurement %d: cache hit %v, want %v", tc.age, i, hit, want)
+			}
+		}
 	}
 }
 
