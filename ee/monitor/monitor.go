@@ -53,8 +53,9 @@ func (m Mode) String() string {
 
 // LookupFunc is the allowlist: it reports whether digest (SHA-256 of a whole
 // file) may run in EE ee, and under which name it is listed. It is called
-// for every exec the cache does not answer and for cache hits too, so it
-// must be fast and must not block (an in-memory map).
+// for every measured exec, cache hit or not, from one goroutine per EE at
+// once: it must be safe for concurrent use, fast, and must not block (an
+// in-memory map behind a lock).
 type LookupFunc func(ee string, digest [32]byte) (name string, ok bool)
 
 // Event records one decision.
@@ -87,8 +88,8 @@ type Stats struct {
 type Config struct {
 	// Lookup is the allowlist. Required.
 	Lookup LookupFunc
-	// Sink receives every Event, one at a time, before the kernel is
-	// answered. Required. It should return quickly: after SinkTimeout the
+	// Sink receives every Event, one at a time from a single goroutine,
+	// in decision order per EE, before the kernel is answered. Required. It should return quickly: after SinkTimeout the
 	// monitor answers anyway (deny in enforce mode, allow in measure mode)
 	// and the event is still delivered later if it was queued.
 	Sink func(Event)
@@ -365,8 +366,13 @@ func (m *Monitor) read(g *group) error {
 			return fmt.Errorf("read fanotify events: %w", err)
 		}
 		evs, perr := parseEvents(buf[:n])
-		for _, ev := range evs {
+		for i, ev := range evs {
 			if err := m.handle(g, ms, cache, ev); err != nil {
+				for _, rest := range evs[i+1:] {
+					if rest.Fd >= 0 {
+						unix.Close(int(rest.Fd)) // the kernel allows them when the group closes
+					}
+				}
 				return err
 			}
 		}
