@@ -208,7 +208,7 @@ func startPlainWireGuard(b testing.TB, bin string, n *labNode, name string, key 
 // binary) in node's namespace.
 func startHelperInterface(b testing.TB, n *labNode, name string, key PrivateKey, port uint16, addr netip.Prefix, peer Peer) {
 	b.Helper()
-	text, _ := key.MarshalText()
+	text := key.SecretBase64()
 	hc := helperConfig{Name: name, PrivateKey: string(text), Address: addr.String(), NetNS: n.path, ListenPort: port,
 		Peers: []helperPeer{{PublicKey: peer.PublicKey.String(), Endpoint: peer.Endpoint.String(), AllowedIPs: []string{peer.AllowedIPs[0].String()}}}}
 	js, _ := json.Marshal(hc)

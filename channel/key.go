@@ -21,7 +21,9 @@ const KeyLen = 32
 
 // PrivateKey is a clamped Curve25519 private key. It never formats or logs
 // its value: String, GoString and LogValue return a redacted placeholder.
-// Use [PrivateKey.MarshalText] only to persist it on the node that owns it.
+// Encoders cannot serialise it either: MarshalText fails, so a Config cannot
+// end up in JSON or YAML by accident. Use [PrivateKey.SecretBase64] only to
+// persist the key on the node that owns it.
 type PrivateKey [KeyLen]byte
 
 // PublicKey is a Curve25519 public key; its text form is standard base64, as
@@ -65,16 +67,29 @@ func (k PrivateKey) String() string { return "[private key redacted]" }
 // GoString returns a redacted placeholder, never the key.
 func (k PrivateKey) GoString() string { return "channel.PrivateKey{redacted}" }
 
+// Format prints a redacted placeholder for every verb (%d or %x included),
+// never the key.
+func (k PrivateKey) Format(f fmt.State, verb rune) { io.WriteString(f, k.String()) }
+
 // LogValue makes slog print a redacted placeholder, never the key.
 func (k PrivateKey) LogValue() slog.Value { return slog.StringValue(k.String()) }
 
-// MarshalText returns the base64 form of the key, for persisting it on the
-// owning node only.
-func (k PrivateKey) MarshalText() ([]byte, error) {
+// SecretBase64 returns the standard base64 form of the key (the format of
+// wg genkey), for persisting it on the owning node only. Callers should
+// clear the slice after use.
+func (k PrivateKey) SecretBase64() []byte {
 	out := make([]byte, base64.StdEncoding.EncodedLen(KeyLen))
 	base64.StdEncoding.Encode(out, k[:])
-	return out, nil
+	return out
 }
+
+// ErrPrivateKeyMarshal is returned when an encoder tries to serialise a
+// private key.
+var ErrPrivateKeyMarshal = errors.New("channel: private keys are never serialised; use SecretBase64 to persist one")
+
+// MarshalText always fails with ErrPrivateKeyMarshal, so that encoders
+// (JSON, YAML, slog's JSON handler) never write a private key.
+func (k PrivateKey) MarshalText() ([]byte, error) { return nil, ErrPrivateKeyMarshal }
 
 // ParsePrivateKey parses a base64 private key (the format of wg genkey). It
 // rejects keys that are not 32 bytes, the zero key, and unclamped keys.
@@ -220,7 +235,7 @@ func writeKey(path string, k PrivateKey) error {
 		tmp.Close()
 		return fmt.Errorf("chmod key file: %w", err)
 	}
-	text, _ := k.MarshalText()
+	text := k.SecretBase64()
 	_, err = tmp.Write(append(text, '\n'))
 	clear(text)
 	if err == nil {

@@ -2,6 +2,7 @@ package channel
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -50,14 +51,24 @@ func TestPrivateKeyNeverFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text, _ := k.MarshalText()
+	text := k.SecretBase64()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	log.Info("x", "key", k, "cfg", Config{PrivateKey: k})
-	for _, s := range []string{fmt.Sprint(k), fmt.Sprintf("%v %+v %#v %s", k, k, k, k), logs.String()} {
+	for _, s := range []string{fmt.Sprint(k), fmt.Sprintf("%v %+v %#v %s %d %x %q", k, k, k, k, k, k, k), fmt.Sprintf("%v %+v", Config{PrivateKey: k}, &Config{PrivateKey: k}), logs.String()} {
 		if strings.Contains(s, string(text)) {
 			t.Fatalf("private key leaked in %q", s)
 		}
+	}
+	js, err := json.Marshal(Config{Name: "tvd0", PrivateKey: k})
+	if err == nil || strings.Contains(string(js), string(text)) {
+		t.Fatalf("json.Marshal of a Config with a private key: %s, %v; want an error", js, err)
+	}
+	var jlogs bytes.Buffer
+	slog.New(slog.NewJSONHandler(&jlogs, nil)).Info("x", "cfg", Config{PrivateKey: k}, "key", k)
+	asArray := fmt.Sprintf("[%d,%d,%d,%d,", k[0], k[1], k[2], k[3])
+	if strings.Contains(jlogs.String(), string(text)) || strings.Contains(jlogs.String(), asArray) {
+		t.Fatalf("private key leaked in JSON log: %s", jlogs.String())
 	}
 	if !strings.Contains(logs.String(), "redacted") {
 		t.Fatalf("log does not show the redaction: %s", logs.String())
@@ -138,7 +149,7 @@ func TestLoadOrCreateKey(t *testing.T) {
 
 	// Compatible with wg genkey output.
 	wg := filepath.Join(dir, "wg.key")
-	text, _ := k1.MarshalText()
+	text := k1.SecretBase64()
 	if err := os.WriteFile(wg, append(text, '\n'), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +160,7 @@ func TestLoadOrCreateKey(t *testing.T) {
 
 func FuzzParseKeys(f *testing.F) {
 	k, _ := GenerateKeyFrom(bytes.NewReader(bytes.Repeat([]byte{7}, 32)))
-	text, _ := k.MarshalText()
+	text := k.SecretBase64()
 	f.Add(string(text))
 	f.Add(k.PublicKey().String())
 	f.Add("")
@@ -161,7 +172,7 @@ func FuzzParseKeys(f *testing.F) {
 			}
 		}
 		if k, err := ParsePrivateKey(s); err == nil {
-			text, _ := k.MarshalText()
+			text := k.SecretBase64()
 			if q, err := ParsePrivateKey(string(text)); err != nil || q != k {
 				t.Fatalf("private key round trip: %v", err)
 			}
