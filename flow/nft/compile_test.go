@@ -3,8 +3,11 @@ package nft
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tvd-dev/tvd/flow"
@@ -182,4 +185,20 @@ func TestMemberDiffMatchesCompile(t *testing.T) {
 	next.Members[0].EE = "renamed"
 	step("rename", next)
 	step("same", clone())
+}
+
+func TestNewRejectsNonNamespace(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "not-a-netns")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{NetNS: f}); err == nil || !strings.Contains(err.Error(), "not a network namespace") {
+		t.Errorf("regular file accepted as namespace: %v", err)
+	}
+	if _, err := New(Config{NetNS: filepath.Join(t.TempDir(), "missing")}); err == nil {
+		t.Error("missing namespace file accepted")
+	}
+	if _, err := New(Config{Table: strings.Repeat("t", 300)}); err == nil {
+		t.Error("300-byte table name accepted")
+	}
 }

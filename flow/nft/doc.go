@@ -23,8 +23,10 @@
 //     deny-via-gateway-direct);
 //   - cross: "origin class . final class" pairs for which
 //     flow.Matrix.MayCross(origin, domain of final) holds;
-//   - bind4/bind6: "EE interface . address" pairs: which local EE owns which
-//     address; gwifs: interfaces of local gateway EEs;
+//   - bind4/bind6: "EE interface . address" -> class, for each address a
+//     local EE owns: one lookup both checks that the EE behind the
+//     interface owns the address and classifies it (the fast path for the
+//     common hop); gwifs: interfaces of local gateway EEs;
 //   - quar4/quar6/quarifs: quarantined addresses and interfaces;
 //     ctrl4/ctrl6: controller addresses.
 //

@@ -33,6 +33,10 @@ type Config struct {
 	// /run/netns/node1 or /proc/<pid>/ns/net. Empty means the caller's
 	// namespace.
 	NetNS string
+	// NetNSFd is an open handle of the network namespace to program, used
+	// when NetNS is empty and NetNSFd > 0. The caller keeps it open for the
+	// Programmer's lifetime and closes it.
+	NetNSFd int
 	// Table overrides the table name; empty means TableName.
 	Table string
 	// Logger receives debug records of applied changes; nil discards them.
@@ -69,8 +73,8 @@ func New(cfg Config) (*Programmer, error) {
 	if name == "" {
 		name = TableName
 	}
-	if len(name) > 255 || name == "" {
-		return nil, fmt.Errorf("nft: table name %q too long", name)
+	if len(name) > 255 {
+		return nil, fmt.Errorf("nft: table name %q too long (at most 255 bytes)", name)
 	}
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if cfg.NetNS != "" {
@@ -85,6 +89,8 @@ func New(cfg Config) (*Programmer, error) {
 		}
 		p.ns = f
 		opts = append(opts, nftables.WithNetNSFd(int(f.Fd())))
+	} else if cfg.NetNSFd > 0 {
+		opts = append(opts, nftables.WithNetNSFd(cfg.NetNSFd))
 	}
 	c, err := nftables.New(opts...)
 	if err != nil {

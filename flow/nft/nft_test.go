@@ -90,7 +90,17 @@ func counters(t testing.TB, p *Programmer) map[string]Counter {
 func TestCounters(t *testing.T) {
 	l := table3Lab(t)
 	m := table3(t, false)
-	p := l.programmer()
+	// This programmer gets the namespace as an open handle.
+	p, err := New(Config{NetNSFd: int(l.node)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Remove(); err != nil {
+			t.Errorf("remove table: %v", err)
+		}
+		p.Close()
+	})
 	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
 		t.Fatal(err)
 	}
@@ -395,4 +405,50 @@ func TestGatewayForwarding(t *testing.T) {
 	if ok, err := dial(l.ees["y-dc"].ns, addr("y-mc")); err != nil || !ok {
 		t.Errorf("y-dc -> y-mc with its own address: passed=%v err=%v, want pass", ok, err)
 	}
+}
+
+// TestRestartAndDrift: a table left by an earlier programmer (an agent
+// restart) is replaced atomically by the first Apply of a new one; and a
+// table deleted behind the programmer's back is rebuilt after the failed
+// update is reported.
+func TestRestartAndDrift(t *testing.T) {
+	l := table3Lab(t)
+	m := table3(t, false)
+	first, err := New(Config{NetNS: l.nsPath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Apply(l.planFor(m, table3EEs, "y-dc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil { // leaves the table in place
+		t.Fatal(err)
+	}
+	yDC, rOS := l.ees["y-dc"], l.ees["r-os"]
+	l.run([]probe{{from: "y-dc", to: "y-mc", addr: l.ees["y-mc"].addr4, want: false}})
+
+	p := l.programmer()
+	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
+		t.Fatalf("replace leftover table: %v", err)
+	}
+	l.run([]probe{{from: "y-dc", to: "y-mc", addr: l.ees["y-mc"].addr4, want: true}})
+
+	// Someone deletes the table: the next update fails (its elements'
+	// sets are gone) and the one after rebuilds the whole table.
+	c := nsConn(t, l.nsPath())
+	c.DelTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyINet})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	grown := append(append([]member{}, table3EEs...), outsider)
+	if err := p.Apply(l.planFor(m, grown)); err == nil {
+		t.Fatal("update of a deleted table reported success")
+	}
+	if err := p.Apply(l.planFor(m, grown)); err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	l.run([]probe{
+		{from: "x", to: "r-os", addr: rOS.addr4, want: true},
+		{from: "r-os", to: "y-dc", addr: yDC.addr4, want: false},
+	})
 }
