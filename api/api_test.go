@@ -21,8 +21,9 @@ import (
 )
 
 // agentServer serves AgentService's Enroll (issuing the node certificate
-// for the request's CSR) and Report (answering with the caller's node
-// name). Every other method is the generated Unimplemented one.
+// for the request's CSR), Report (answering with the caller's node name)
+// and Watch (two plans). Every other method is the generated Unimplemented
+// one.
 type agentServer struct {
 	tvdv1connect.UnimplementedAgentServiceHandler
 	ca *ca.CA
@@ -58,6 +59,19 @@ func (s *agentServer) Report(ctx context.Context, req *connect.Request[tvdv1.Rep
 	return connect.NewResponse(&tvdv1.ReportResponse{NextNonce: []byte(id.Node)}), nil
 }
 
+// Watch sends the two plans after last_plan_version, then ends the stream.
+func (s *agentServer) Watch(ctx context.Context, req *connect.Request[tvdv1.WatchRequest], stream *connect.ServerStream[tvdv1.WatchResponse]) error {
+	if id, ok := ctx.Value(identityKey{}).(ca.Identity); !ok || id.Node != req.Msg.GetNode() {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("watch needs the node's certificate"))
+	}
+	for v := req.Msg.GetLastPlanVersion() + 1; v <= req.Msg.GetLastPlanVersion()+2; v++ {
+		if err := stream.Send(&tvdv1.WatchResponse{Plan: &tvdv1.Plan{Version: v}}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // withIdentity puts the identity of a client that presented a certificate
 // (verified by the TLS configuration) into the request context.
 func withIdentity(b *ca.Bundle, next http.Handler) http.Handler {
@@ -86,7 +100,7 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 // TestAgentServiceRoundTrip serves AgentService over HTTPS (HTTP/2,
 // certificates from package ca) and calls it with the generated client in
 // each protocol Connect speaks: an unauthenticated Enroll, then a Report
-// authenticated by the node certificate Enroll returned.
+// and a Watch stream authenticated by the node certificate Enroll returned.
 func TestAgentServiceRoundTrip(t *testing.T) {
 	authority, err := ca.New("tvd.test", time.Now(), nil)
 	if err != nil {
@@ -161,6 +175,18 @@ func TestAgentServiceRoundTrip(t *testing.T) {
 			if _, err := anon.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: "node-" + name})); connect.CodeOf(err) != connect.CodeUnauthenticated {
 				t.Errorf("Report without a client certificate: %v, want unauthenticated", err)
 			}
+			ws, err := node.Watch(ctx, connect.NewRequest(&tvdv1.WatchRequest{Node: "node-" + name, LastPlanVersion: 41}))
+			if err != nil {
+				t.Fatalf("Watch: %v", err)
+			}
+			var versions []uint64
+			for ws.Receive() {
+				versions = append(versions, ws.Msg().GetPlan().GetVersion())
+			}
+			if err := ws.Err(); err != nil || len(versions) != 2 || versions[0] != 42 || versions[1] != 43 {
+				t.Errorf("Watch received versions %v, err %v; want [42 43]", versions, err)
+			}
+			ws.Close()
 			if _, err := node.Leave(ctx, connect.NewRequest(&tvdv1.LeaveRequest{Node: "node-" + name})); connect.CodeOf(err) != connect.CodeUnimplemented {
 				t.Errorf("Leave: %v, want unimplemented", err)
 			}
