@@ -1,6 +1,8 @@
 package channel
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -72,6 +74,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: expected an MTU between 1280 and 65535 (or 0 for %d), got %d", DefaultMTU, c.MTU)
 	}
 	return nil
+}
+
+// InterfaceName returns the conventional interface name for a domain:
+// "tvd-" and the first 10 hex digits of the domain name's SHA-256, so any
+// domain name maps to a valid, stable name of 14 characters. Collisions need
+// about a million domains on one node to become likely.
+func InterfaceName(domain string) string {
+	sum := sha256.Sum256([]byte(domain))
+	return "tvd-" + hex.EncodeToString(sum[:5])
 }
 
 func validateName(name string) error {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -368,5 +369,77 @@ func TestUserspaceIPv6Readmission(t *testing.T) {
 			t.Fatal("no traffic from B after re-admission")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestInterfaceName(t *testing.T) {
+	a, b := InterfaceName("customer-a"), InterfaceName("customer-b")
+	if a == b || a != InterfaceName("customer-a") {
+		t.Fatalf("names not stable and distinct: %q %q", a, b)
+	}
+	for _, d := range []string{"customer-a", "", strings.Repeat("x", 500), "a/b c:d"} {
+		if err := validateName(InterfaceName(d)); err != nil {
+			t.Errorf("InterfaceName(%q) = %q: %v", d, InterfaceName(d), err)
+		}
+	}
+}
+
+// TestUserspaceConcurrentUse drives SetPeers, Peers and ListenPort from
+// several goroutines at once (run with -race), then checks the final state
+// is one of the sets applied.
+func TestUserspaceConcurrentUse(t *testing.T) {
+	u := newUserspace(t, "tvdC", "198.19.77.1/24")
+	sets := make([][]Peer, 4)
+	for i := range sets {
+		for j := range 5 {
+			sets[i] = append(sets[i], Peer{
+				PublicKey:  mustKey(t).PublicKey(),
+				Endpoint:   netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(40000+10*i+j)),
+				AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, 77, byte(10 + 10*i + j)}), 32)},
+			})
+		}
+	}
+	done := make(chan error, len(sets))
+	for i := range sets {
+		go func() {
+			for range 50 {
+				if err := u.SetPeers(sets[i]); err != nil {
+					done <- err
+					return
+				}
+				if _, err := u.Peers(); err != nil {
+					done <- err
+					return
+				}
+				if _, err := u.ListenPort(); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range sets {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := u.Peers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 5 {
+		t.Fatalf("%d peers after concurrent updates, want one whole set of 5", len(st))
+	}
+	var set []Peer
+	for _, s := range sets {
+		if slices.ContainsFunc(s, func(p Peer) bool { return p.PublicKey == st[0].PublicKey }) {
+			set = s
+		}
+	}
+	for _, p := range st {
+		if !slices.ContainsFunc(set, func(q Peer) bool { return q.PublicKey == p.PublicKey && q.Endpoint == p.Endpoint }) {
+			t.Fatalf("final peers mix several sets: %+v", st)
+		}
 	}
 }
