@@ -51,8 +51,12 @@ func findEtcd() (string, error) {
 	if _, err := os.Stat("/usr/bin/etcd"); err == nil {
 		return "/usr/bin/etcd", nil
 	}
-	return "", errors.New("no etcd binary found")
+	return "", errNoEtcd
 }
+
+// errNoEtcd means there is no etcd binary: tests skip. A TVD_ETCD_BIN that
+// names a missing file is a failure instead.
+var errNoEtcd = errors.New("no etcd binary on $PATH or at /usr/bin/etcd")
 
 // freePorts returns n distinct free loopback ports. Another process may
 // take one before etcd binds it; startEtcd retries on that.
@@ -225,8 +229,12 @@ func requireEtcd(t testing.TB) *etcdServer {
 	t.Helper()
 	sharedOnce.Do(func() {
 		bin, err := findEtcd()
-		if err != nil {
+		if errors.Is(err, errNoEtcd) {
 			sharedSkip = fmt.Sprintf("%v: %s", err, installHint)
+			return
+		}
+		if err != nil {
+			sharedErr = err
 			return
 		}
 		if sharedDir, sharedErr = os.MkdirTemp("", "tvd-store-etcd-"); sharedErr != nil {
