@@ -321,7 +321,9 @@ func checkPublicKey(pub crypto.PublicKey) error {
 	return fmt.Errorf("public key: type %T: want ECDSA, Ed25519 or RSA", pub)
 }
 
-// newSerial returns a random positive 128-bit serial number.
+// newSerial returns a random positive serial number of exactly 128 bits in
+// DER (127 significant bits, 126 of them random: well above the 64 bits of
+// entropy the CA/Browser Forum asks for).
 func newSerial(rnd io.Reader) (*big.Int, error) {
 	var b [16]byte
 	if _, err := io.ReadFull(rnd, b[:]); err != nil {
