@@ -242,6 +242,27 @@ func (l *Log) RootAt(size uint64) ([]byte, error) {
 	return l.rootAt(size), nil
 }
 
+// RangeHashes returns the compact range of the tree of the first size
+// entries: the roots of its maximal perfect subtrees, left to right. With it
+// a verifier can extend an old tree by new leaves (see VerifyExtension).
+func (l *Log) RangeHashes(size uint64) ([][]byte, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if size > l.rng.End() {
+		return nil, fmt.Errorf("range hashes at %d: log size is %d", size, l.rng.End())
+	}
+	ids := compact.RangeNodes(0, size, nil)
+	out := make([][]byte, len(ids))
+	for i, id := range ids {
+		h, ok := l.node(id)
+		if !ok {
+			return nil, fmt.Errorf("range hashes at %d: node %d/%d missing", size, id.Level, id.Index)
+		}
+		out[i] = append([]byte(nil), h...)
+	}
+	return out, nil
+}
+
 // Checkpoint returns the latest signed checkpoint. It covers the whole log
 // except while an append is between storing its leaves and its checkpoint,
 // or after that checkpoint could not be stored (see ErrCheckpoint).
@@ -265,6 +286,21 @@ func (l *Log) Leaf(ctx context.Context, index uint64) ([]byte, error) {
 		return nil, fmt.Errorf("leaf %d: storage returned %d leaves", index, len(leaves))
 	}
 	return leaves[0], nil
+}
+
+// Leaves returns the stored encodings of entries [start, start+n), as an
+// auditor needs them for VerifyExtension. n is capped at the log's size.
+func (l *Log) Leaves(ctx context.Context, start, n uint64) ([][]byte, error) {
+	size := l.Size()
+	if start > size {
+		return nil, fmt.Errorf("leaves from %d: log size is %d", start, size)
+	}
+	n = min(n, size-start)
+	leaves, err := l.st.ReadLeaves(ctx, start, n)
+	if err != nil {
+		return nil, fmt.Errorf("leaves [%d, %d): %w", start, start+n, err)
+	}
+	return leaves, nil
 }
 
 // Entry returns entry index, decoded. The stored bytes are checked against

@@ -219,3 +219,64 @@ func Fsck(ctx context.Context, st Storage, v note.Verifier) (FsckReport, error) 
 	}
 	return FsckReport{Size: size, Root: root, Checkpoint: last, Checkpoints: len(cps)}, nil
 }
+
+// VerifyExtension checks, without trusting the log operator, that the log of
+// oldSigned grew into the log of newSigned by appending exactly leaves, and
+// returns the decoded new entries: both checkpoints verify with v, oldRange
+// (from Log.RangeHashes at the old size) hashes to the old root, and appending
+// the leaves' hashes to it gives the new size and root. An auditor who kept
+// the old checkpoint so sees every entry added since, and that nothing else
+// changed. A mismatch of the roots is a *ForkError; a leaf that does not
+// decode is reported with its index.
+//
+// It does NOT check: that v is the log's real key; that newSigned is recent
+// or was shown to others (split view); nor that the entries are true.
+func VerifyExtension(v note.Verifier, oldSigned, newSigned []byte, oldRange [][]byte, leaves [][]byte) (oldCP, newCP Checkpoint, entries []Entry, err error) {
+	oldCP, err = OpenCheckpoint(oldSigned, v)
+	if err != nil {
+		return Checkpoint{}, Checkpoint{}, nil, fmt.Errorf("verify extension: old: %w", err)
+	}
+	newCP, err = OpenCheckpoint(newSigned, v)
+	if err != nil {
+		return Checkpoint{}, Checkpoint{}, nil, fmt.Errorf("verify extension: new: %w", err)
+	}
+	if newCP.Size < oldCP.Size || newCP.Size-oldCP.Size != uint64(len(leaves)) {
+		return oldCP, newCP, nil, fmt.Errorf("verify extension: %d leaves given, expected %d between sizes %d and %d",
+			len(leaves), int64(newCP.Size)-int64(oldCP.Size), oldCP.Size, newCP.Size)
+	}
+	for i, h := range oldRange {
+		if len(h) != hasher.Size() {
+			return oldCP, newCP, nil, fmt.Errorf("verify extension: old range hash %d has %d bytes, expected %d", i, len(h), hasher.Size())
+		}
+	}
+	// The compact range appends into its slice: give it a copy.
+	rng, err := rangeFactory.NewRange(0, oldCP.Size, append([][]byte(nil), oldRange...))
+	if err != nil {
+		return oldCP, newCP, nil, fmt.Errorf("verify extension: old range: %w", err)
+	}
+	rootOf := func() []byte {
+		if rng.End() == 0 {
+			return hasher.EmptyRoot()
+		}
+		r, _ := rng.GetRootHash(nil)
+		return r
+	}
+	if string(rootOf()) != string(oldCP.Hash) {
+		return oldCP, newCP, nil, fmt.Errorf("verify extension: old range does not hash to the old root: %w", ErrRootMismatch)
+	}
+	entries = make([]Entry, len(leaves))
+	for i, leaf := range leaves {
+		e, err := DecodeEntry(leaf)
+		if err != nil {
+			return oldCP, newCP, nil, fmt.Errorf("verify extension: entry %d: %w", oldCP.Size+uint64(i), err)
+		}
+		entries[i] = e
+		if err := rng.Append(hasher.HashLeaf(leaf), nil); err != nil {
+			return oldCP, newCP, nil, fmt.Errorf("verify extension: %w", err)
+		}
+	}
+	if string(rootOf()) != string(newCP.Hash) {
+		return oldCP, newCP, nil, &ForkError{Old: oldCP, New: newCP, Err: errors.New("the given entries do not extend the old tree to the new root")}
+	}
+	return oldCP, newCP, entries, nil
+}

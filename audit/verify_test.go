@@ -203,3 +203,84 @@ func TestFsckMemoryTamper(t *testing.T) {
 		t.Fatal("fsck accepted checkpoints of another key")
 	}
 }
+
+func TestVerifyExtension(t *testing.T) {
+	ctx := context.Background()
+	l, verifier := openTestLog(t, NewMemoryStorage())
+	b, _ := openTestLog(t, NewMemoryStorage())
+	var cps [][]byte
+	sizes := []uint64{0}
+	cps = append(cps, l.Checkpoint())
+	for _, n := range []int{1, 4, 2, 9} {
+		if _, err := l.Append(ctx, testEntries(int(l.Size()), n)...); err != nil {
+			t.Fatal(err)
+		}
+		cps = append(cps, l.Checkpoint())
+		sizes = append(sizes, l.Size())
+	}
+	for i := range cps {
+		for j := i; j < len(cps); j++ {
+			rng, err := l.RangeHashes(sizes[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			leaves, err := l.Leaves(ctx, sizes[i], sizes[j]-sizes[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, entries, err := VerifyExtension(verifier, cps[i], cps[j], rng, leaves)
+			if err != nil {
+				t.Fatalf("%d -> %d: %v", sizes[i], sizes[j], err)
+			}
+			if uint64(len(entries)) != sizes[j]-sizes[i] {
+				t.Fatalf("%d entries", len(entries))
+			}
+			for k, e := range entries {
+				if e.Subject != testEntry(int(sizes[i])+k).Subject {
+					t.Fatalf("entry %d differs", int(sizes[i])+k)
+				}
+			}
+		}
+	}
+	rng, _ := l.RangeHashes(5)
+	leaves, _ := l.Leaves(ctx, 5, 11)
+	// One entry altered, one dropped, one added, or the order changed.
+	forged, _ := testEntry(999).Encode()
+	cases := map[string][][]byte{
+		"altered":   append(append([][]byte{}, leaves[:3]...), append([][]byte{forged}, leaves[4:]...)...),
+		"reordered": append(append([][]byte{}, leaves[1], leaves[0]), leaves[2:]...),
+	}
+	var fe *ForkError
+	for name, ls := range cases {
+		if _, _, _, err := VerifyExtension(verifier, cps[2], cps[4], rng, ls); !errors.As(err, &fe) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, _, _, err := VerifyExtension(verifier, cps[2], cps[4], rng, leaves[1:]); err == nil {
+		t.Error("a missing entry was accepted")
+	}
+	if _, _, _, err := VerifyExtension(verifier, cps[2], cps[4], rng, append(leaves, forged)); err == nil {
+		t.Error("an extra entry was accepted")
+	}
+	// A range that is not the old tree's.
+	bad, _ := l.RangeHashes(5)
+	bad[0] = append([]byte(nil), bad[0]...)
+	bad[0][0] ^= 1
+	if _, _, _, err := VerifyExtension(verifier, cps[2], cps[4], bad, leaves); !errors.Is(err, ErrRootMismatch) {
+		t.Errorf("bad old range: %v", err)
+	}
+	// A fork: b signs another history with the same key.
+	if _, err := b.Append(ctx, testEntries(0, 5)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Append(ctx, testEntries(500, 11)...); err != nil {
+		t.Fatal(err)
+	}
+	bLeaves, _ := b.Leaves(ctx, 5, 11)
+	if _, _, _, err := VerifyExtension(verifier, cps[2], b.Checkpoint(), rng, bLeaves); err != nil {
+		t.Fatalf("b's own extension of the shared prefix: %v", err)
+	}
+	if _, _, _, err := VerifyExtension(verifier, cps[2], b.Checkpoint(), rng, leaves); !errors.As(err, &fe) {
+		t.Errorf("forked checkpoint with the honest entries: %v", err)
+	}
+}
