@@ -443,3 +443,51 @@ func TestUserspaceConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// TestUserspaceNonMemberRejected: a node that knows a member's public key
+// and endpoint, and even claims another member's overlay address, cannot get
+// a packet through without holding an admitted key.
+func TestUserspaceNonMemberRejected(t *testing.T) {
+	a := newUserspace(t, "tvdA", "198.19.77.1/24")
+	b := newUserspace(t, "tvdB", "198.19.77.2/24")
+	m := newUserspace(t, "tvdM", "198.19.77.2/24") // claims B's overlay address
+	if err := a.SetPeers([]Peer{loopbackPeer(t, b, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Userspace{b, m} {
+		if err := n.SetPeers([]Peer{loopbackPeer(t, a, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rx, err := a.Net().ListenUDPAddrPort(netip.MustParseAddrPort("198.19.77.1:7004"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	r := newUDPRecorder(rx)
+	var phase atomic.Int32
+	for _, s := range []struct {
+		n    *Userspace
+		name string
+	}{{b, "B"}, {m, "C"}} { // the recorder knows senders B and C; M reports as C
+		conn, err := s.n.Net().DialUDPAddrPort(netip.AddrPort{}, netip.MustParseAddrPort("198.19.77.1:7004"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		startSender(t, conn, s.name, &phase)
+	}
+	r.waitFor(t, "B", 0, 10*time.Second)
+	time.Sleep(time.Second)
+	if n := r.count("C", 0); n != 0 {
+		t.Fatalf("%d datagrams from the non-member arrived", n)
+	}
+	st, _ := a.Peers()
+	if len(st) != 1 || st[0].PublicKey != b.PublicKey() {
+		t.Fatalf("A's peers: %+v", st)
+	}
+	ms, _ := m.Peers()
+	if len(ms) != 1 || !ms[0].LastHandshake.IsZero() || ms[0].RxBytes != 0 {
+		t.Fatalf("the non-member completed a handshake or received data: %+v", ms)
+	}
+}
