@@ -492,6 +492,21 @@ func TestRoles(t *testing.T) {
 			t.Errorf("ParseRole(%q) = %+v, want an error", bad, r)
 		}
 	}
+	admin, dp, ap := Role{Kind: RoleAdmin}, Role{Kind: RoleDomainAdmin, Domain: "payroll"}, Role{Kind: RoleAuditor, Domain: "payroll"}
+	do, ao := Role{Kind: RoleDomainAdmin, Domain: "other"}, Role{Kind: RoleAuditor, Domain: "other"}
+	for _, tc := range []struct {
+		granter, target Role
+		ok              bool
+	}{
+		{admin, admin, true}, {admin, do, true}, {admin, ao, true},
+		{dp, dp, true}, {dp, ap, true}, {dp, admin, false}, {dp, do, false}, {dp, ao, false},
+		{ap, ap, false}, {ap, dp, false},
+		{admin, Role{Kind: RoleAuditor}, false}, {Role{}, ap, false},
+	} {
+		if got := tc.granter.CanGrant(tc.target); got != tc.ok {
+			t.Errorf("%s.CanGrant(%s) = %v, want %v", tc.granter, tc.target, got, tc.ok)
+		}
+	}
 	var zero Role
 	if zero.CanRead("payroll") || zero.CanWrite("payroll") || zero.Validate() == nil {
 		t.Error("the zero Role allows something or validates")

@@ -156,6 +156,23 @@ func (r Role) CanWrite(domain string) bool {
 // state (nodes, administrators, the CA): only RoleAdmin.
 func (r Role) CanWriteDeployment() bool { return r.Kind == RoleAdmin }
 
+// CanGrant reports whether an administrator with role r may issue a
+// certificate carrying target: an admin may grant any valid role; a
+// domain-admin may grant domain-admin and auditor roles for its own domain;
+// an auditor may grant nothing.
+func (r Role) CanGrant(target Role) bool {
+	if target.Validate() != nil {
+		return false
+	}
+	switch r.Kind {
+	case RoleAdmin:
+		return true
+	case RoleDomainAdmin:
+		return target.Kind != RoleAdmin && r.Domain != "" && target.Domain == r.Domain
+	}
+	return false
+}
+
 // pathSegments is the role's form inside an admin SPIFFE ID, after "role".
 func (r Role) pathSegments() []string {
 	switch r.Kind {
