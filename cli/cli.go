@@ -49,6 +49,11 @@ and reacts to violations; a tamper-evident log records what happened.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newPolicyCmd())
+	var c conn
+	c.addFlags(root)
+	pol := newPolicyCmd()
+	pol.AddCommand(policyApplyCmd(&c), policyHistoryCmd(&c))
+	root.AddCommand(pol, newControllerCmd(), newAgentCmd(), newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c),
+		newAdminCmd(&c), newRevokeCmd(&c), newAuditCmd(&c))
 	return root
 }

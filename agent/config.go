@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"regexp"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// NodeConfig is the node's configuration file: the EEs it hosts and the
+// domains they ask to join.
+//
+//	node: client-1
+//	ees:
+//	  - name: red-client-1
+//	    image: sha256:...        # the image digest
+//	    domain: red
+//	    role: client-os
+//	    owner: outsourcing-customer
+//	    claims: {ee.protected_disk_gb: "500"}
+type NodeConfig struct {
+	Node string     `yaml:"node"`
+	EEs  []EEConfig `yaml:"ees"`
+}
+
+// EEConfig is one EE the node hosts.
+type EEConfig struct {
+	Name   string            `yaml:"name"`
+	Image  string            `yaml:"image"`
+	Domain string            `yaml:"domain"`
+	Role   string            `yaml:"role"`
+	Owner  string            `yaml:"owner"`
+	Claims map[string]string `yaml:"claims"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// maxConfigSize bounds the node configuration file.
+const maxConfigSize = 1 << 20
+
+// LoadNodeConfig reads and checks a node configuration file.
+func LoadNodeConfig(path string) (*NodeConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("node config: %w", err)
+	}
+	return ParseNodeConfig(path, b)
+}
+
+// ParseNodeConfig parses a node configuration; name is used in errors.
+func ParseNodeConfig(name string, b []byte) (*NodeConfig, error) {
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("%s: %d bytes; at most %d", name, len(b), maxConfigSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var c NodeConfig
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if c.Node != "" && !nameRE.MatchString(c.Node) {
+		return nil, fmt.Errorf("%s: node name %q: want lower-case letters, digits and dashes", name, c.Node)
+	}
+	seen := map[string]bool{}
+	for i, e := range c.EEs {
+		where := fmt.Sprintf("%s: ees[%d]", name, i)
+		for field, v := range map[string]string{"name": e.Name, "domain": e.Domain, "role": e.Role} {
+			if !nameRE.MatchString(v) {
+				return nil, fmt.Errorf("%s: %s %q: want lower-case letters, digits and dashes", where, field, v)
+			}
+		}
+		if seen[e.Name] {
+			return nil, fmt.Errorf("%s: EE %q listed twice", where, e.Name)
+		}
+		seen[e.Name] = true
+	}
+	return &c, nil
+}

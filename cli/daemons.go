@@ -1,0 +1,132 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tvd-dev/tvd/agent"
+	"github.com/tvd-dev/tvd/controller"
+	"github.com/tvd-dev/tvd/store"
+	"github.com/tvd-dev/tvd/store/bolt"
+)
+
+func newLogger(cmd *cobra.Command, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: l})), nil
+}
+
+func newControllerCmd() *cobra.Command {
+	var data, listen, storeURL, trustDomain, logLevel string
+	var hosts []string
+	var memberTTL time.Duration
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Run the domain controller",
+		Long: `Run the domain controller: it enrols nodes, admits their EEs into domains by the
+policy, issues member identities, streams plans to the agents and records every
+security-relevant act in the audit log. On first start it creates the deployment's
+root CA and an admin credential in DATA/admin, and prints how to use them.`,
+		Example: `  tvd controller --data /var/lib/tvd --listen 127.0.0.1:7443`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd, logLevel)
+			if err != nil {
+				return err
+			}
+			if data == "" {
+				return fmt.Errorf("--data DIR is required")
+			}
+			var st store.Store
+			switch {
+			case storeURL == "" || storeURL == "bolt":
+				if err := os.MkdirAll(data, 0o700); err != nil {
+					return err
+				}
+				st, err = bolt.Open(filepath.Join(data, "state.db"), bolt.WithLogger(log))
+				if err != nil {
+					return err
+				}
+			case strings.HasPrefix(storeURL, "etcd://"):
+				return fmt.Errorf("--store %s: the etcd backend is not wired into the controller yet; use the default bbolt store", storeURL)
+			default:
+				return fmt.Errorf("--store %q: want bolt or etcd://HOST:PORT/PREFIX", storeURL)
+			}
+			defer st.Close()
+			ctx := cmd.Context()
+			c, err := controller.New(ctx, controller.Config{
+				DataDir: data, Store: st, Listen: listen, Hosts: hosts, TrustDomain: trustDomain,
+				MemberTTL: memberTTL, Logger: log, Out: cmd.OutOrStdout(),
+			})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return c.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&data, "data", "", "state `DIR`: store, keys, audit log, first admin credential")
+	f.StringVar(&listen, "listen", "127.0.0.1:7443", "`ADDR` to serve the API on")
+	f.StringVar(&storeURL, "store", "bolt", "state store: bolt (DATA/state.db)")
+	f.StringVar(&trustDomain, "trust-domain", controller.DefaultTrustDomain, "SPIFFE trust domain, fixed on first start")
+	f.StringSliceVar(&hosts, "host", nil, "extra `NAME` or address for the server certificate (repeatable)")
+	f.DurationVar(&memberTTL, "member-ttl", controller.DefaultMemberTTL, "lifetime of member certificates")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+func newAgentCmd() *cobra.Command {
+	var ctrl, data, token, config, node, logLevel string
+	var every time.Duration
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent",
+		Long: `Run the node agent: enrol the node with a one-time join token (first start only),
+declare the EEs of the node configuration file, keep the plan stream open, apply plans,
+report continuously and renew member certificates while they are in good standing.`,
+		Example: `  tvd agent --controller https://10.0.0.1:7443 --data /var/lib/tvd-agent \
+    --join-token tvd1.… --config node.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd, logLevel)
+			if err != nil {
+				return err
+			}
+			nc := &agent.NodeConfig{}
+			if config != "" {
+				if nc, err = agent.LoadNodeConfig(config); err != nil {
+					return err
+				}
+			}
+			if node != "" {
+				nc.Node = node
+			}
+			if ctrl == "" {
+				ctrl = os.Getenv("TVD_CONTROLLER")
+			}
+			a, err := agent.New(cmd.Context(), agent.Config{Controller: ctrl, DataDir: data, JoinToken: token, Node: nc, Logger: log, ReportEvery: every})
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ctrl, "controller", "", "controller `URL` (https://HOST:PORT); default $TVD_CONTROLLER")
+	f.StringVar(&data, "data", "", "agent state `DIR`: keys, certificates, last plan")
+	f.StringVar(&token, "join-token", "", "one-time join `TOKEN` from tvd admin token (first start only)")
+	f.StringVar(&config, "config", "", "node configuration `FILE`: node name and EEs")
+	f.StringVar(&node, "node", "", "node `NAME` (default: from the config file, else the host name)")
+	f.DurationVar(&every, "report-every", 5*time.Second, "longest time between reports")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

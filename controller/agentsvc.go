@@ -1,0 +1,587 @@
+package controller
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tvd-dev/tvd"
+	"github.com/tvd-dev/tvd/api"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/audit"
+	"github.com/tvd-dev/tvd/ca"
+	"github.com/tvd-dev/tvd/policy"
+	"github.com/tvd-dev/tvd/store"
+)
+
+// agentService implements tvdv1connect.AgentServiceHandler.
+type agentService struct{ c *Controller }
+
+// Limits on what one node may declare.
+const (
+	maxEEsPerNode  = 256
+	maxClaimsPerEE = 64
+	maxClaimLen    = 1024
+)
+
+func (a *agentService) Enroll(ctx context.Context, req *connect.Request[tvdv1.EnrollRequest]) (*connect.Response[tvdv1.EnrollResponse], error) {
+	c := a.c
+	resp, err := c.enroll(ctx, req.Msg)
+	if err != nil {
+		return nil, c.toConnect(ctx, "enroll", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// refuse records a refusal in the audit log and returns err.
+func (c *Controller) refuse(ctx context.Context, subject, domain string, err error, detail map[string]string) error {
+	if detail == nil {
+		detail = map[string]string{}
+	}
+	detail["reason"] = err.Error()
+	c.record(ctx, audit.Entry{Kind: audit.KindRefuse, Subject: subject, Domain: domain, Detail: detail})
+	return err
+}
+
+func (c *Controller) enroll(ctx context.Context, r *tvdv1.EnrollRequest) (*tvdv1.EnrollResponse, error) {
+	node := r.GetNodeName()
+	subject := "node/" + node
+	if _, err := ca.NodeID(c.ca.TrustDomain(), node); err != nil {
+		return nil, c.refuse(ctx, subject, "", errInvalid("node name %q: %v", node, err), nil)
+	}
+	if r.GetTpm() != nil {
+		return nil, c.refuse(ctx, subject, "", errInvalid("node %q offered TPM evidence, but this controller enrols by join token at implicit assurance only; start the agent with --join-token", node), nil)
+	}
+	if len(r.GetEes()) > maxEEsPerNode {
+		return nil, c.refuse(ctx, subject, "", errInvalid("node %q declares %d EEs; at most %d are accepted", node, len(r.GetEes()), maxEEsPerNode), nil)
+	}
+	pub, err := ca.PublicKeyFromCSR(r.GetCsr())
+	if err != nil {
+		return nil, c.refuse(ctx, subject, "", errInvalid("node %q: certificate request: %v", node, err), nil)
+	}
+	tokID, secret, err := parseJoinToken(r.GetJoinToken())
+	if err != nil {
+		return nil, c.refuse(ctx, subject, "", err, nil)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, c.refuse(ctx, subject, "", errInvalid("node %q: public key: %v", node, err), nil)
+	}
+	keyHash := sha256.Sum256(spki)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.s.nodes[node]; n != nil && !n.Left {
+		return nil, c.refuse(ctx, subject, "", errExists("node %q is already enrolled; a second agent cannot claim its identity (revoke the node first to re-enrol it)", node), nil)
+	}
+	tkv, err := c.st.Get(ctx, prefixTokens+tokID)
+	if err != nil {
+		return nil, c.refuse(ctx, subject, "", errDenied("join token is not known to this controller"), map[string]string{"token": tokID})
+	}
+	var tok tokenRec
+	if err := jsonUnmarshal(tkv.Value, &tok); err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(secret))
+	switch {
+	case subtle.ConstantTimeCompare(sum[:], tok.SecretHash) != 1:
+		return nil, c.refuse(ctx, subject, "", errDenied("join token is not valid"), map[string]string{"token": tokID})
+	case tok.Used:
+		return nil, c.refuse(ctx, subject, "", errDenied("join token was already used (by node %q); tokens are one-time", tok.UsedBy), map[string]string{"token": tokID})
+	case !c.now().Before(tok.Expires):
+		return nil, c.refuse(ctx, subject, "", errDenied("join token expired at %s", tok.Expires.UTC().Format(time.RFC3339)), map[string]string{"token": tokID})
+	case tok.Node != "" && tok.Node != node:
+		return nil, c.refuse(ctx, subject, "", errDenied("join token is for node %q, not %q", tok.Node, node), map[string]string{"token": tokID})
+	}
+	cert, der, err := c.ca.IssueNode(node, pub, DefaultNodeTTL)
+	if err != nil {
+		return nil, fmt.Errorf("issue node certificate: %w", err)
+	}
+	now := c.now()
+	n := &nodeRec{Name: node, Assurance: tvd.AssuranceImplicit.String(), EnrolledAt: now, KeyHash: hex.EncodeToString(keyHash[:]),
+		CertSerial: fmt.Sprintf("%x", cert.SerialNumber), AgentVersion: r.GetAgentVersion()}
+	tok.Used, tok.UsedBy = true, node
+
+	admitted, refused, entries, err := c.admitAll(ctx, n, r.GetEes(), now)
+	if err != nil {
+		return nil, err
+	}
+	var ops []store.Op
+	for _, v := range []struct {
+		key string
+		val any
+	}{{prefixTokens + tok.ID, &tok}, {prefixNodes + node, n}} {
+		op, err := putJSON(v.key, v.val)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, op)
+	}
+	for _, m := range append(admitted, refused...) {
+		op, err := putJSON(prefixMembers+m.EE, m)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, op)
+	}
+	if _, err := c.st.Commit(ctx, store.Batch{Conds: []store.Cond{store.RevIs(tkv.Key, tkv.Rev)}, Ops: ops}); err != nil {
+		return nil, fmt.Errorf("enroll %s: %w", node, err)
+	}
+	c.s.nodes[node] = n
+	for _, m := range append(admitted, refused...) {
+		c.s.members[m.EE] = m
+	}
+	c.record(ctx, audit.Entry{Kind: audit.KindEnrol, Subject: subject, Detail: map[string]string{"assurance": n.Assurance, "token": tok.ID, "cert_serial": n.CertSerial, "key_sha256": n.KeyHash}})
+	for _, e := range entries {
+		c.record(ctx, e)
+	}
+	c.hub.wake()
+	c.log.InfoContext(ctx, "node enrolled", "node", node, "assurance", n.Assurance, "admitted", len(admitted), "refused", len(refused))
+	return &tvdv1.EnrollResponse{
+		EnrollmentId: tok.ID,
+		Credentials: &tvdv1.NodeCredentials{
+			NodeCert: der, CaBundle: c.ca.Bundle().PEM(), TrustDomain: c.ca.TrustDomain(),
+			Expires: timestamppb.New(cert.NotAfter),
+		},
+		Nonce:     c.nonce.next(node),
+		Assurance: api.AssuranceToProto(tvd.AssuranceImplicit),
+	}, nil
+}
+
+// admitAll runs admission for the EEs a node declares. It returns the
+// admitted and refused member records (not yet stored) and their audit
+// entries. It must be called with c.mu held.
+func (c *Controller) admitAll(ctx context.Context, n *nodeRec, specs []*tvdv1.EESpec, now time.Time) (admitted, refused []*memberRec, entries []audit.Entry, err error) {
+	taken := map[string]bool{}
+	addrs := map[string]bool{}
+	for _, spec := range specs {
+		m, reason := c.admit(n, spec, now, taken, addrs)
+		m.Since = now
+		subject := tvd.Member{Domain: m.Domain, Role: m.Role, EE: m.EE}.SPIFFEID(c.ca.TrustDomain())
+		if reason != "" {
+			m.State, m.Reason = memberRefused, reason
+			refused = append(refused, m)
+			entries = append(entries, audit.Entry{Kind: audit.KindRefuse, Subject: subject, Domain: m.Domain, Detail: map[string]string{"node": n.Name, "reason": reason}})
+			continue
+		}
+		taken[m.EE] = true
+		addrs[m.Address] = true
+		admitted = append(admitted, m)
+		entries = append(entries, audit.Entry{Kind: audit.KindAdmit, Subject: subject, Domain: m.Domain,
+			Detail: map[string]string{"node": n.Name, "address": m.Address, "policy_version": strconv.FormatUint(m.PolicyVersion, 10), "assurance": n.Assurance}})
+	}
+	return admitted, refused, entries, nil
+}
+
+// admit decides one EE's admission. A non-empty reason refuses it.
+func (c *Controller) admit(n *nodeRec, spec *tvdv1.EESpec, now time.Time, taken, addrs map[string]bool) (*memberRec, string) {
+	m := &memberRec{EE: spec.GetName(), Node: n.Name, Domain: spec.GetDomain(), Role: spec.GetRole(), Owner: spec.GetOwner(),
+		Image: spec.GetImageDigest(), Claims: spec.GetClaims(), State: memberAdmitted, PolicyVersion: c.s.polVer}
+	mem := m.member()
+	if _, err := ca.MemberID(c.ca.TrustDomain(), mem); err != nil {
+		return m, fmt.Sprintf("invalid member name: %v", err)
+	}
+	if len(m.Claims) > maxClaimsPerEE {
+		return m, fmt.Sprintf("%d claims; at most %d are accepted", len(m.Claims), maxClaimsPerEE)
+	}
+	for k, v := range m.Claims {
+		if len(k) > maxClaimLen || len(v) > maxClaimLen {
+			return m, fmt.Sprintf("claim %.40q is longer than %d bytes", k, maxClaimLen)
+		}
+	}
+	if prev := c.s.members[m.EE]; (prev != nil && prev.active() && prev.Node != n.Name) || taken[m.EE] {
+		return m, fmt.Sprintf("EE name %q is already a member on another node; EE names are unique in the deployment", m.EE)
+	}
+	comp := c.s.policy
+	if comp == nil {
+		return m, "no policy has been applied yet (tvd policy apply)"
+	}
+	d, ok := comp.Domain(m.Domain)
+	if !ok {
+		return m, fmt.Sprintf("no domain %q in policy version %d", m.Domain, c.s.polVer)
+	}
+	claims, err := c.claimsFor(n, m, comp)
+	if err != nil {
+		return m, err.Error()
+	}
+	inRole := 0
+	for _, o := range c.s.members {
+		if o.active() && o.Domain == m.Domain && o.Role == m.Role && o.EE != m.EE {
+			inRole++
+		}
+	}
+	assurance, _ := tvd.ParseAssurance(n.Assurance)
+	iso, _ := claims["ee.isolation"].(string)
+	adm := d.Admit(policy.Candidate{Role: m.Role, Assurance: assurance, Isolation: iso, Claims: claims, InRole: inRole})
+	if !adm.Admit {
+		return m, strings.Join(adm.Reasons, "; ")
+	}
+	pub, err := ca.PublicKeyFromCSR(spec.GetCsr())
+	if err != nil {
+		return m, fmt.Sprintf("member certificate request: %v", err)
+	}
+	// The overlay address is stable: an EE that was a member of the domain
+	// before keeps its address.
+	if prev := c.s.members[m.EE]; prev != nil && prev.Domain == m.Domain && prev.Address != "" {
+		m.Address = prev.Address
+	} else if m.Address, err = c.s.allocAddress(d, addrs); err != nil {
+		return m, err.Error()
+	}
+	cert, der, err := c.ca.IssueMember(mem, pub, c.cfg.MemberTTL)
+	if err != nil {
+		return m, fmt.Sprintf("issue member certificate: %v", err)
+	}
+	m.Cert, m.CertExpires = der, cert.NotAfter
+	m.Status, m.LastVerified, m.StatusReason = tvd.StatusVerified, now, "admitted"
+	return m, ""
+}
+
+// claimsFor assembles a member's claims: the built-in ones, then the ones
+// the EE declared, typed by the policy's declarations.
+func (c *Controller) claimsFor(n *nodeRec, m *memberRec, comp *policy.Compiled) (map[string]any, error) {
+	types := map[string]string{}
+	for _, ct := range comp.Claims {
+		types[ct.Name] = ct.Type
+	}
+	out := map[string]any{}
+	for k, v := range m.Claims {
+		t, ok := types[k]
+		if !ok {
+			return nil, fmt.Errorf("claim %q is not declared by the policy", k)
+		}
+		val, err := parseClaim(v, t)
+		if err != nil {
+			return nil, fmt.Errorf("claim %q: %v", k, err)
+		}
+		out[k] = val
+	}
+	if _, ok := out["ee.isolation"]; !ok {
+		out["ee.isolation"] = "weak"
+	}
+	out["node.name"] = n.Name
+	out["node.assurance"] = n.Assurance
+	out["node.tpm"] = n.Assurance == tvd.AssuranceTPM.String()
+	out["ee.name"], out["ee.domain"], out["ee.role"] = m.EE, m.Domain, m.Role
+	out["ee.owner"], out["ee.image"] = m.Owner, m.Image
+	return out, nil
+}
+
+func parseClaim(v, t string) (any, error) {
+	switch t {
+	case "bool":
+		return strconv.ParseBool(v)
+	case "int":
+		return strconv.ParseInt(v, 10, 64)
+	case "double":
+		return strconv.ParseFloat(v, 64)
+	case "list(string)":
+		if v == "" {
+			return []string{}, nil
+		}
+		return strings.Split(v, ","), nil
+	}
+	return v, nil
+}
+
+func (a *agentService) ActivateCredential(ctx context.Context, req *connect.Request[tvdv1.ActivateCredentialRequest]) (*connect.Response[tvdv1.ActivateCredentialResponse], error) {
+	return nil, a.c.toConnect(ctx, "activate credential", errPrecondition("no TPM enrolment is pending: this controller enrols by join token"))
+}
+
+func (a *agentService) Watch(ctx context.Context, req *connect.Request[tvdv1.WatchRequest], stream *connect.ServerStream[tvdv1.WatchResponse]) error {
+	c := a.c
+	node := req.Msg.GetNode()
+	c.mu.Lock()
+	_, err := c.requireNode(ctx, node)
+	c.mu.Unlock()
+	if err != nil {
+		return c.toConnect(ctx, "watch", err)
+	}
+	wake, cancel := c.hub.subscribe(node)
+	defer cancel()
+	last := req.Msg.GetLastPlanVersion()
+	first := true
+	for {
+		c.mu.Lock()
+		n, err := c.requireNode(ctx, node)
+		if err != nil {
+			c.mu.Unlock()
+			return c.toConnect(ctx, "watch", err)
+		}
+		_ = n
+		p, version := c.planFor(node)
+		send := first || version > last
+		if send {
+			c.stamp(node, p, version)
+		}
+		c.mu.Unlock()
+		if send {
+			if err := stream.Send(&tvdv1.WatchResponse{Plan: p}); err != nil {
+				return err
+			}
+			last, first = version, false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.hub.close:
+			return nil
+		case <-wake:
+		}
+	}
+}
+
+func (a *agentService) Report(ctx context.Context, req *connect.Request[tvdv1.ReportRequest]) (*connect.Response[tvdv1.ReportResponse], error) {
+	resp, err := a.c.report(ctx, req.Msg)
+	if err != nil {
+		return nil, a.c.toConnect(ctx, "report", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1.ReportResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.requireNode(ctx, r.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	if !c.nonce.consume(n.Name, r.GetNonce()) {
+		return nil, c.refuse(ctx, "node/"+n.Name, "", errPrecondition("report answers an old or unknown nonce (a replay, or the controller restarted); reopen the plan stream for a fresh one"), nil)
+	}
+	if r.GetQuote() != nil && n.Assurance != tvd.AssuranceTPM.String() {
+		return nil, errInvalid("node %q is enrolled at %s assurance; it has no attestation key to quote with", n.Name, n.Assurance)
+	}
+	now := c.now()
+	upd := *n
+	upd.LastReport = now
+	wakeAll := false
+	for _, ack := range r.GetAcks() {
+		if ack.GetPlanVersion() > c.s.planVer[n.Name] {
+			return nil, errInvalid("acknowledged plan version %d was never sent (latest %d)", ack.GetPlanVersion(), c.s.planVer[n.Name])
+		}
+		if ack.GetPlanVersion() >= upd.AckedVersion {
+			upd.AckedVersion, upd.AckedAt, upd.AckedPolicy = ack.GetPlanVersion(), now, c.s.polVer
+			upd.Domains = map[string]domainState{}
+			for _, d := range ack.GetDomains() {
+				upd.Domains[d.GetDomain()] = domainState{Channel: d.GetChannel().String(), Matrix: d.GetFlowMatrixId(), Error: d.GetError()}
+			}
+		}
+	}
+	if len(r.GetChannelKeys()) > 0 {
+		keys := map[string]channelKey{}
+		for _, k := range r.GetChannelKeys() {
+			if len(k.GetWireguardPublicKey()) != 32 {
+				return nil, errInvalid("channel key for domain %q: want 32 bytes, got %d", k.GetDomain(), len(k.GetWireguardPublicKey()))
+			}
+			keys[k.GetDomain()] = channelKey{PublicKey: k.GetWireguardPublicKey(), Endpoint: k.GetEndpoint()}
+		}
+		if !sameKeys(keys, n.ChannelKeys) {
+			upd.ChannelKeys = keys
+			wakeAll = true
+		}
+	}
+	var ops []store.Op
+	var entries []audit.Entry
+	var changed []*memberRec
+	if len(r.GetJoin()) > 0 {
+		admitted, refused, es, err := c.admitAll(ctx, &upd, r.GetJoin(), now)
+		if err != nil {
+			return nil, err
+		}
+		changed = append(changed, admitted...)
+		changed = append(changed, refused...)
+		entries = append(entries, es...)
+		wakeAll = wakeAll || len(admitted) > 0
+	}
+	// An implicit-assurance member's verdict rests on its node reporting in
+	// time; TPM evidence adds to it once attestation is enabled.
+	resp := &tvdv1.ReportResponse{}
+	interval := 3 * policy.DefaultInterval
+	for _, m := range c.s.sortedMembers() {
+		if m.Node != n.Name || !m.active() {
+			continue
+		}
+		cp := *m
+		if c.s.policy == nil {
+			break
+		}
+		if pol, ok := c.s.policy.Domain(m.Domain); ok && time.Duration(pol.Interval) < interval {
+			interval = time.Duration(pol.Interval)
+		}
+		cp.LastVerified = now
+		if cp.Status != tvd.StatusViolated {
+			if cp.Status != tvd.StatusVerified {
+				entries = append(entries, audit.Entry{Kind: audit.KindVerdict, Subject: cp.member().SPIFFEID(c.ca.TrustDomain()), Domain: cp.Domain, Detail: map[string]string{"status": "verified", "from": cp.Status.String()}})
+			}
+			cp.Status, cp.StatusReason = tvd.StatusVerified, "node reported in time ("+n.Assurance+" assurance)"
+		}
+		changed = append(changed, &cp)
+		resp.Verdicts = append(resp.Verdicts, &tvdv1.Verdict{Member: api.MemberToProto(cp.member()), Status: api.StatusToProto(cp.Status), Reason: cp.StatusReason, VerifiedAt: timestamppb.New(now)})
+	}
+	op, err := putJSON(prefixNodes+n.Name, &upd)
+	if err != nil {
+		return nil, err
+	}
+	ops = append(ops, op)
+	for _, m := range changed {
+		op, err := putJSON(prefixMembers+m.EE, m)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, op)
+	}
+	if _, err := c.st.Commit(ctx, store.Batch{Ops: ops}); err != nil {
+		return nil, fmt.Errorf("report %s: %w", n.Name, err)
+	}
+	c.s.nodes[n.Name] = &upd
+	for _, m := range changed {
+		c.s.members[m.EE] = m
+	}
+	for _, e := range entries {
+		c.record(ctx, e)
+	}
+	if wakeAll {
+		c.hub.wake()
+	}
+	resp.NextNonce = c.nonce.next(n.Name)
+	resp.NextReportBy = timestamppb.New(now.Add(interval))
+	return resp, nil
+}
+
+func sameKeys(a, b map[string]channelKey) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || v.Endpoint != w.Endpoint || string(v.PublicKey) != string(w.PublicKey) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *agentService) RenewMember(ctx context.Context, req *connect.Request[tvdv1.RenewMemberRequest]) (*connect.Response[tvdv1.RenewMemberResponse], error) {
+	resp, err := a.c.renew(ctx, req.Msg)
+	if err != nil {
+		return nil, a.c.toConnect(ctx, "renew member", err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (c *Controller) renew(ctx context.Context, r *tvdv1.RenewMemberRequest) (*tvdv1.RenewMemberResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.requireNode(ctx, r.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	want, err := api.MemberFromProto(r.GetMember())
+	if err != nil {
+		return nil, errInvalid("%v", err)
+	}
+	m := c.s.members[want.EE]
+	subject := want.SPIFFEID(c.ca.TrustDomain())
+	switch {
+	case m == nil || m.Node != n.Name || m.member() != want:
+		return nil, c.refuse(ctx, subject, want.Domain, errNotFound("member %s is not on node %q", want, n.Name), nil)
+	case !m.active():
+		return nil, c.refuse(ctx, subject, want.Domain, errDenied("member %s is %s: %s", want, m.State, m.Reason), nil)
+	case m.Quarantined || m.Status != tvd.StatusVerified:
+		return nil, c.refuse(ctx, subject, want.Domain, errDenied("member %s is not in good standing (%s: %s); its certificate is not renewed", want, m.Status, m.StatusReason), nil)
+	}
+	if c.s.policy == nil {
+		return nil, errPrecondition("no policy is applied")
+	}
+	if pol, ok := c.s.policy.Domain(m.Domain); ok && c.now().Sub(m.LastVerified) > time.Duration(pol.Deadline) {
+		return nil, c.refuse(ctx, subject, want.Domain, errDenied("member %s has no fresh verdict (last %s); report first", want, m.LastVerified.UTC().Format(time.RFC3339)), nil)
+	}
+	pub, err := ca.PublicKeyFromCSR(r.GetCsr())
+	if err != nil {
+		return nil, errInvalid("certificate request: %v", err)
+	}
+	cert, der, err := c.ca.IssueMember(want, pub, c.cfg.MemberTTL)
+	if err != nil {
+		return nil, fmt.Errorf("issue member certificate: %w", err)
+	}
+	cp := *m
+	cp.Cert, cp.CertExpires = der, cert.NotAfter
+	op, err := putJSON(prefixMembers+m.EE, &cp)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.st.Commit(ctx, store.Batch{Ops: []store.Op{op}}); err != nil {
+		return nil, fmt.Errorf("renew %s: %w", want, err)
+	}
+	c.s.members[m.EE] = &cp
+	c.hub.wake(n.Name)
+	return &tvdv1.RenewMemberResponse{CertChain: [][]byte{der}, Expires: timestamppb.New(cert.NotAfter)}, nil
+}
+
+func (a *agentService) Leave(ctx context.Context, req *connect.Request[tvdv1.LeaveRequest]) (*connect.Response[tvdv1.LeaveResponse], error) {
+	c := a.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.requireNode(ctx, req.Msg.GetNode())
+	if err != nil {
+		return nil, c.toConnect(ctx, "leave", err)
+	}
+	ees := map[string]bool{}
+	for _, e := range req.Msg.GetEes() {
+		ees[e] = true
+	}
+	whole := len(ees) == 0
+	reason := req.Msg.GetReason()
+	if reason == "" {
+		reason = "left"
+	}
+	var ops []store.Op
+	var left []*memberRec
+	for _, m := range c.s.members {
+		if m.Node == n.Name && m.active() && (whole || ees[m.EE]) {
+			cp := *m
+			cp.State, cp.Reason, cp.Since = memberLeft, reason, c.now()
+			left = append(left, &cp)
+			op, err := putJSON(prefixMembers+m.EE, &cp)
+			if err != nil {
+				return nil, c.toConnect(ctx, "leave", err)
+			}
+			ops = append(ops, op)
+		}
+	}
+	upd := *n
+	if whole {
+		upd.Left = true
+	}
+	op, err := putJSON(prefixNodes+n.Name, &upd)
+	if err != nil {
+		return nil, c.toConnect(ctx, "leave", err)
+	}
+	ops = append(ops, op)
+	if _, err := c.st.Commit(ctx, store.Batch{Ops: ops}); err != nil {
+		return nil, c.toConnect(ctx, "leave", err)
+	}
+	c.s.nodes[n.Name] = &upd
+	for _, m := range left {
+		c.s.members[m.EE] = m
+		c.record(ctx, audit.Entry{Kind: "leave", Subject: m.member().SPIFFEID(c.ca.TrustDomain()), Domain: m.Domain, Detail: map[string]string{"node": n.Name, "reason": reason}})
+	}
+	if whole {
+		c.record(ctx, audit.Entry{Kind: "leave", Subject: "node/" + n.Name, Detail: map[string]string{"reason": reason}})
+	}
+	c.hub.wake()
+	var v uint64
+	if !whole {
+		_, v = c.planFor(n.Name)
+	}
+	return connect.NewResponse(&tvdv1.LeaveResponse{PlanVersion: v}), nil
+}

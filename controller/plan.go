@@ -1,0 +1,243 @@
+package controller
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tvd-dev/tvd/api"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/policy"
+)
+
+// hub wakes the plan streams of nodes whose plan may have changed.
+type hub struct {
+	mu    sync.Mutex
+	subs  map[string]map[chan struct{}]bool
+	close chan struct{}
+	once  sync.Once
+}
+
+func newHub() *hub {
+	return &hub{subs: map[string]map[chan struct{}]bool{}, close: make(chan struct{})}
+}
+
+func (h *hub) subscribe(node string) (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	if h.subs[node] == nil {
+		h.subs[node] = map[chan struct{}]bool{}
+	}
+	h.subs[node][ch] = true
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs[node], ch)
+		h.mu.Unlock()
+	}
+}
+
+// wake tells every stream of the named nodes (all nodes if none named) to
+// recompute its plan.
+func (h *hub) wake(nodes ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	notify := func(set map[chan struct{}]bool) {
+		for ch := range set {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if len(nodes) == 0 {
+		for _, set := range h.subs {
+			notify(set)
+		}
+		return
+	}
+	for _, n := range nodes {
+		notify(h.subs[n])
+	}
+}
+
+func (h *hub) closeAll() { h.once.Do(func() { close(h.close) }) }
+
+// nonces holds each node's outstanding challenge (challenge chaining: each
+// reply gives the nonce the next report must answer). They live in memory:
+// after a restart the plan stream hands every node a fresh one.
+type nonces struct {
+	mu  sync.Mutex
+	cur map[string][]byte
+}
+
+func newNonces() *nonces { return &nonces{cur: map[string][]byte{}} }
+
+// next makes and returns a fresh nonce for node, replacing the old one.
+func (n *nonces) next(node string) []byte {
+	b := make([]byte, 32)
+	rand.Read(b)
+	n.mu.Lock()
+	n.cur[node] = b
+	n.mu.Unlock()
+	return b
+}
+
+// consume checks that got is node's outstanding nonce and retires it, so a
+// report can never be replayed.
+func (n *nonces) consume(node string, got []byte) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	want, ok := n.cur[node]
+	if !ok || len(got) != len(want) || subtle.ConstantTimeCompare(got, want) != 1 {
+		return false
+	}
+	delete(n.cur, node)
+	return true
+}
+
+// planFor computes node's plan from the current state and gives it a new
+// version if it differs from the last one made. It must be called with
+// c.mu held. The nonce, times and version are filled by the caller.
+func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
+	s := c.s
+	p := &tvdv1.Plan{PolicyVersion: s.polVer, OnControllerLoss: "keep-intra"}
+	comp := s.policy
+	members := s.sortedMembers()
+	onNode := map[string]bool{} // domains the node has members in
+	for _, m := range members {
+		if m.Node != node || !m.active() {
+			continue
+		}
+		onNode[m.Domain] = true
+		p.Members = append(p.Members, &tvdv1.PlanMember{
+			Member:         api.MemberToProto(m.member()),
+			CertChain:      [][]byte{m.Cert},
+			Expires:        timestamppb.New(m.CertExpires),
+			OverlayAddress: m.Address,
+		})
+		if comp != nil {
+			if d, ok := comp.Domain(m.Domain); ok && d.OnControllerLoss == "isolate" {
+				p.OnControllerLoss = "isolate"
+			}
+		}
+	}
+	// Peers: per domain the node is in, every other node with admitted
+	// members there that has published its channel key.
+	domains := make([]string, 0, len(onNode))
+	for d := range onNode {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	for _, d := range domains {
+		dp := &tvdv1.DomainPeers{Domain: d}
+		if comp != nil {
+			if pol, ok := comp.Domain(d); ok {
+				dp.OverlayPrefix = pol.Subnet
+			}
+		}
+		byNode := map[string][]string{}
+		for _, m := range members {
+			if m.Domain == d && m.active() && m.Node != node && m.Address != "" {
+				byNode[m.Node] = append(byNode[m.Node], m.Address)
+			}
+		}
+		for _, peer := range s.sortedNodes() {
+			addrs := byNode[peer]
+			key, ok := s.nodes[peer].ChannelKeys[d]
+			if len(addrs) == 0 || !ok {
+				continue
+			}
+			var allowed []string
+			for _, a := range addrs {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					allowed = append(allowed, netip.PrefixFrom(ip, ip.BitLen()).String())
+				}
+			}
+			dp.Peers = append(dp.Peers, &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint, AllowedIps: allowed})
+		}
+		p.Peers = append(p.Peers, dp)
+	}
+	// Flow: the matrix and the address sets of every class.
+	if comp != nil && len(onNode) > 0 {
+		mj, _ := json.Marshal(comp.Matrix)
+		sum := sha256.Sum256(mj)
+		fp := &tvdv1.FlowPlan{MatrixId: "sha256:" + hexString(sum[:]), Matrix: mj}
+		classes := map[[2]string]*tvdv1.ClassSet{}
+		var keys [][2]string
+		for _, m := range members {
+			if !m.active() || m.Address == "" {
+				continue
+			}
+			k := [2]string{m.Domain, m.Role}
+			cs := classes[k]
+			if cs == nil {
+				cs = &tvdv1.ClassSet{Domain: m.Domain, Role: m.Role}
+				classes[k] = cs
+				keys = append(keys, k)
+			}
+			cs.Addresses = append(cs.Addresses, m.Address)
+		}
+		for _, k := range keys {
+			fp.Classes = append(fp.Classes, classes[k])
+		}
+		p.Flow = fp
+		for _, m := range members {
+			if m.active() && m.Quarantined {
+				p.Quarantine = append(p.Quarantine, &tvdv1.QuarantinedMember{Member: api.MemberToProto(m.member()), Addresses: []string{m.Address}, Reason: m.StatusReason})
+			}
+		}
+	}
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(p)
+	h := sha256.Sum256(b)
+	if s.planHash[node] != h || s.planVer[node] == 0 {
+		s.planHash[node] = h
+		s.planVer[node]++
+	}
+	return p, s.planVer[node]
+}
+
+// stamp fills a plan's version, nonce and times for sending.
+func (c *Controller) stamp(node string, p *tvdv1.Plan, version uint64) {
+	now := c.now()
+	p.Version = version
+	p.NextNonce = c.nonce.next(node)
+	p.IssuedAt = timestamppb.New(now)
+	p.FreshUntil = timestamppb.New(now.Add(c.freshFor(node)))
+}
+
+// freshFor is how long a plan stays fresh without contact: the shortest
+// deadline of the node's domains.
+func (c *Controller) freshFor(node string) time.Duration {
+	d := 3 * policy.DefaultInterval
+	if c.s.policy == nil {
+		return d
+	}
+	for _, m := range c.s.members {
+		if m.Node == node && m.active() {
+			if pol, ok := c.s.policy.Domain(m.Domain); ok && time.Duration(pol.Deadline) < d {
+				d = time.Duration(pol.Deadline)
+			}
+		}
+	}
+	return d
+}
+
+const hexDigits = "0123456789abcdef"
+
+func hexString(b []byte) string {
+	out := make([]byte, len(b)*2)
+	for i, v := range b {
+		out[i*2] = hexDigits[v>>4]
+		out[i*2+1] = hexDigits[v&15]
+	}
+	return string(out)
+}

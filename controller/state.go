@@ -1,0 +1,268 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/tvd-dev/tvd"
+	"github.com/tvd-dev/tvd/policy"
+	"github.com/tvd-dev/tvd/store"
+)
+
+// Store keys. Every record is JSON.
+const (
+	keyCA            = "ca"
+	keyPolicyCurrent = "meta/policy-version"
+	prefixNodes      = "nodes/"
+	prefixMembers    = "members/"
+	prefixTokens     = "tokens/"
+	prefixPolicy     = "policy/"
+)
+
+func policyKey(v uint64) string { return fmt.Sprintf("%s%020d", prefixPolicy, v) }
+
+// nodeRec is an enrolled node.
+type nodeRec struct {
+	Name         string                 `json:"name"`
+	Assurance    string                 `json:"assurance"`
+	EnrolledAt   time.Time              `json:"enrolledAt"`
+	KeyHash      string                 `json:"keyHash"` // SHA-256 of the node TLS key's SPKI
+	CertSerial   string                 `json:"certSerial"`
+	AgentVersion string                 `json:"agentVersion,omitempty"`
+	LastReport   time.Time              `json:"lastReport,omitzero"`
+	AckedVersion uint64                 `json:"ackedVersion,omitempty"`
+	AckedAt      time.Time              `json:"ackedAt,omitzero"`
+	AckedPolicy  uint64                 `json:"ackedPolicy,omitempty"`
+	Domains      map[string]domainState `json:"domains,omitempty"`
+	ChannelKeys  map[string]channelKey  `json:"channelKeys,omitempty"`
+	Left         bool                   `json:"left,omitempty"`
+}
+
+type domainState struct {
+	Channel string `json:"channel"`
+	Matrix  string `json:"matrix,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+type channelKey struct {
+	PublicKey []byte `json:"publicKey"`
+	Endpoint  string `json:"endpoint"`
+}
+
+// Member states.
+const (
+	memberAdmitted = "admitted"
+	memberRefused  = "refused"
+	memberRevoked  = "revoked"
+	memberLeft     = "left"
+)
+
+// memberRec is an EE's membership (or refused request) in a domain.
+type memberRec struct {
+	EE            string            `json:"ee"`
+	Node          string            `json:"node"`
+	Domain        string            `json:"domain"`
+	Role          string            `json:"role"`
+	Owner         string            `json:"owner,omitempty"`
+	Image         string            `json:"image,omitempty"`
+	Claims        map[string]string `json:"claims,omitempty"`
+	State         string            `json:"state"`
+	Reason        string            `json:"reason,omitempty"`
+	Since         time.Time         `json:"since"`
+	Address       string            `json:"address,omitempty"`
+	Cert          []byte            `json:"cert,omitempty"`
+	CertExpires   time.Time         `json:"certExpires,omitzero"`
+	Status        tvd.Status        `json:"status"`
+	StatusReason  string            `json:"statusReason,omitempty"`
+	LastVerified  time.Time         `json:"lastVerified,omitzero"`
+	Quarantined   bool              `json:"quarantined,omitempty"`
+	Frozen        bool              `json:"frozen,omitempty"`
+	PolicyVersion uint64            `json:"policyVersion"`
+}
+
+func (m *memberRec) member() tvd.Member { return tvd.Member{Domain: m.Domain, Role: m.Role, EE: m.EE} }
+
+// active reports whether the member holds a place in its domain.
+func (m *memberRec) active() bool { return m.State == memberAdmitted }
+
+// tokenRec is a one-time join token.
+type tokenRec struct {
+	ID         string    `json:"id"`
+	SecretHash []byte    `json:"secretHash"`
+	Expires    time.Time `json:"expires"`
+	Node       string    `json:"node,omitempty"` // the only node name it may enrol, if set
+	CreatedBy  string    `json:"createdBy"`
+	Used       bool      `json:"used,omitempty"`
+	UsedBy     string    `json:"usedBy,omitempty"`
+}
+
+// policyRec is one stored policy version.
+type policyRec struct {
+	Version   uint64        `json:"version"`
+	AppliedAt time.Time     `json:"appliedAt"`
+	AppliedBy string        `json:"appliedBy"`
+	Digest    string        `json:"digest"`
+	Comment   string        `json:"comment,omitempty"`
+	Diff      string        `json:"diff,omitempty"`
+	Files     []policy.File `json:"files"`
+}
+
+// state is the controller's in-memory copy of the store.
+type state struct {
+	nodes   map[string]*nodeRec
+	members map[string]*memberRec // by EE name
+	history []*policyRec          // ascending versions, without files
+	policy  *policy.Compiled      // the current policy; nil before the first apply
+	polVer  uint64
+	// Plans: per node, the version and digest of the last plan made.
+	planVer  map[string]uint64
+	planHash map[string][32]byte
+}
+
+func newState() *state {
+	return &state{
+		nodes:    map[string]*nodeRec{},
+		members:  map[string]*memberRec{},
+		planVer:  map[string]uint64{},
+		planHash: map[string][32]byte{},
+	}
+}
+
+func putJSON(key string, v any) (store.Op, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return store.Op{}, fmt.Errorf("encode %s: %w", key, err)
+	}
+	return store.Put(key, b), nil
+}
+
+// load reads the whole state from the store.
+func load(ctx context.Context, st store.Store) (*state, error) {
+	s := newState()
+	list := func(prefix string, each func(kv store.KV) error) error {
+		kvs, err := st.List(ctx, prefix, store.ListOptions{})
+		if err != nil {
+			return fmt.Errorf("load %s: %w", prefix, err)
+		}
+		for _, kv := range kvs {
+			if err := each(kv); err != nil {
+				return fmt.Errorf("load %s: %w", kv.Key, err)
+			}
+		}
+		return nil
+	}
+	if err := list(prefixNodes, func(kv store.KV) error {
+		var n nodeRec
+		if err := json.Unmarshal(kv.Value, &n); err != nil {
+			return err
+		}
+		s.nodes[n.Name] = &n
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := list(prefixMembers, func(kv store.KV) error {
+		var m memberRec
+		if err := json.Unmarshal(kv.Value, &m); err != nil {
+			return err
+		}
+		s.members[m.EE] = &m
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := list(prefixPolicy, func(kv store.KV) error {
+		var p policyRec
+		if err := json.Unmarshal(kv.Value, &p); err != nil {
+			return err
+		}
+		files := p.Files
+		p.Files = nil
+		s.history = append(s.history, &p)
+		s.polVer = p.Version
+		comp, err := policy.ParseAndCompile(files)
+		if err != nil {
+			return fmt.Errorf("policy version %d no longer compiles: %w", p.Version, err)
+		}
+		s.policy = comp
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if kv, err := st.Get(ctx, keyPolicyCurrent); err == nil {
+		v, perr := strconv.ParseUint(string(kv.Value), 10, 64)
+		if perr != nil || v != s.polVer {
+			return nil, fmt.Errorf("load: current policy version %q does not match the newest stored version %d", kv.Value, s.polVer)
+		}
+	}
+	return s, nil
+}
+
+// allocAddress returns the lowest free address of the domain's subnet,
+// skipping the network address and the first host (the gateway of the
+// subnet, kept for the node side of EE links) and the reserved addresses
+// (handed out earlier in the same change).
+func (s *state) allocAddress(d *policy.DomainPolicy, reserved map[string]bool) (string, error) {
+	if d.Subnet == "" {
+		return "", nil
+	}
+	pfx, err := netip.ParsePrefix(d.Subnet)
+	if err != nil {
+		return "", fmt.Errorf("domain %q subnet: %w", d.Name, err)
+	}
+	used := map[string]bool{}
+	for a := range reserved {
+		used[a] = true
+	}
+	for _, m := range s.members {
+		if m.Domain == d.Name && m.Address != "" && (m.active() || m.State == memberRevoked) {
+			used[m.Address] = true
+		}
+	}
+	a := pfx.Addr().Next().Next()
+	for pfx.Contains(a) {
+		if !used[a.String()] {
+			next := a.Next()
+			if !pfx.Contains(next) && a.Is4() { // the broadcast address
+				break
+			}
+			return a.String(), nil
+		}
+		a = a.Next()
+	}
+	return "", errPrecondition("domain %q: no free overlay address in %s", d.Name, d.Subnet)
+}
+
+// sortedNodes returns the node names in order.
+func (s *state) sortedNodes() []string {
+	out := make([]string, 0, len(s.nodes))
+	for n := range s.nodes {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// sortedMembers returns the members in domain, role, EE order.
+func (s *state) sortedMembers() []*memberRec {
+	out := make([]*memberRec, 0, len(s.members))
+	for _, m := range s.members {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Domain != b.Domain {
+			return a.Domain < b.Domain
+		}
+		if a.Role != b.Role {
+			return a.Role < b.Role
+		}
+		return a.EE < b.EE
+	})
+	return out
+}
