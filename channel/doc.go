@@ -13,8 +13,12 @@
 //     wgctrl, which is not a dependency of the module.
 //   - [Userspace] (see [NewUserspace]) runs wireguard-go over the gVisor
 //     netstack, for development without root and for the process isolation
-//     driver: the caller dials and listens on the returned [netstack.Net],
-//     and the underlay is an ordinary UDP socket (typically on loopback).
+//     driver: the caller dials and listens on [Userspace.Net], and the
+//     underlay is an ordinary UDP socket, optionally bound to one address
+//     such as 127.0.0.1 (Config.ListenAddr).
+//
+// [InterfaceName] gives the conventional interface name for a domain, and
+// [LoadOrCreateKey] the node's persistent key for it.
 //
 // Peer sets are applied incrementally: [Interface.SetPeers] computes the
 // difference to the current peers and sends wireguard-go only the additions,
