@@ -43,8 +43,10 @@
 // # What this package does not check
 //
 //   - PCRs outside the configured event-log PCRs are quoted only if asked;
-//     their values are reported but not appraised (boot-chain appraisal of
-//     PCR 0-9 against the TCG boot log is out of scope here).
+//     Appraise reports their values (Result.PCRs) but does not appraise
+//     them. VerifyBootLog replays a TCG firmware boot log onto those values
+//     when the caller asks; what the boot events mean is policy, not
+//     checked here.
 //   - The Safe flag of the clock is reported but not required.
 //   - EK certificates are checked for chain and key match; revocation
 //     (CRL/OCSP) of EK certificates is not checked.
