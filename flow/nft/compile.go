@@ -18,14 +18,11 @@ const (
 	setScope   = "scope"   // ifname: EE and overlay interfaces (filtered)
 	setEEIfs   = "eeifs"   // ifname: local EE interfaces
 	setGwIfs   = "gwifs"   // ifname: interfaces of local gateway EEs
-	setQuarIfs = "quarifs" // ifname: interfaces of quarantined local EEs
 	mapIfCls   = "ifcls"   // ifname -> class of the local EE behind it
 	mapCls4    = "cls4"    // ipv4 -> class
 	mapCls6    = "cls6"    // ipv6 -> class
 	setBind4   = "bind4"   // ifname . ipv4 -> class: a local EE's own addresses
 	setBind6   = "bind6"   // ifname . ipv6 -> class
-	setQuar4   = "quar4"   // ipv4: quarantined addresses
-	setQuar6   = "quar6"   // ipv6
 	setCtrl4   = "ctrl4"   // ipv4: controller addresses
 	setCtrl6   = "ctrl6"   // ipv6
 	setCross   = "cross"   // class . class: origin may cross to final's domain
@@ -52,14 +49,11 @@ var setDefs = []setDef{
 	{name: setScope, key: nftables.TypeIFName},
 	{name: setEEIfs, key: nftables.TypeIFName},
 	{name: setGwIfs, key: nftables.TypeIFName},
-	{name: setQuarIfs, key: nftables.TypeIFName},
 	{name: mapIfCls, key: nftables.TypeIFName, data: &typeClass},
 	{name: mapCls4, key: nftables.TypeIPAddr, data: &typeClass, order: binaryutil.BigEndian},
 	{name: mapCls6, key: nftables.TypeIP6Addr, data: &typeClass, order: binaryutil.BigEndian},
 	{name: setBind4, key: typeBind4, data: &typeClass, concat: true},
 	{name: setBind6, key: typeBind6, data: &typeClass, concat: true},
-	{name: setQuar4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
-	{name: setQuar6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
 	{name: setCtrl4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
 	{name: setCtrl6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
 	{name: setCross, key: typeClassPair, concat: true, order: binaryutil.NativeEndian},
@@ -80,6 +74,7 @@ const (
 	chainP2PDeny      = "v-p2p-deny"
 	chainNone         = "v-none"
 	chainViaDirect    = "v-via-direct"
+	chainQuarantine   = "v-quarantine"
 )
 
 // Counter names, as returned by Programmer.Counters.
@@ -109,6 +104,7 @@ var verdictChains = []struct {
 	{chainP2PDeny, CounterP2PDeny, false},
 	{chainNone, CounterNone, false},
 	{chainViaDirect, CounterViaDirect, false},
+	{chainQuarantine, CounterQuarantine, false},
 }
 
 // CounterNames lists every named counter of the table, in a stable order.
@@ -217,14 +213,27 @@ func compileGlobal(p *flow.Plan, st state) {
 				st.put(setCross, key, "")
 			}
 		}
+		c := classBytes(flow.ClassID(s))
+		st.put(mapVerdict, quarantineClass+c, chainQuarantine)
+		st.put(mapVerdict, c+quarantineClass, chainQuarantine)
 	}
+	st.put(mapVerdict, quarantineClass+quarantineClass, chainQuarantine)
 }
+
+// quarantineClass is the class value a quarantined member gets in the
+// address and interface maps instead of its own: every verdict-map entry
+// with it on either side drops. It is no class of any matrix (ClassID is
+// a non-negative int32).
+var quarantineClass = classBytes(-1)
 
 // compileMember adds one member's elements. Members' elements never
 // overlap: a validated plan gives each address and interface to one
 // member.
 func compileMember(m *flow.Matrix, mem flow.PlanMember, quar bool, st state) {
 	cls := classBytes(mem.Class)
+	if quar {
+		cls = quarantineClass
+	}
 	var ifn string
 	if mem.Iface != "" {
 		ifn = ifname(mem.Iface)
@@ -232,22 +241,16 @@ func compileMember(m *flow.Matrix, mem flow.PlanMember, quar bool, st state) {
 		if m.IsGateway(mem.Class) {
 			st.put(setGwIfs, ifn, "")
 		}
-		if quar {
-			st.put(setQuarIfs, ifn, "")
-		}
 	}
 	for _, a := range mem.Addrs {
 		ab := addrBytes(a)
-		cls, bind, q := mapCls6, setBind6, setQuar6
+		clsMap, bind := mapCls6, setBind6
 		if a.Is4() {
-			cls, bind, q = mapCls4, setBind4, setQuar4
+			clsMap, bind = mapCls4, setBind4
 		}
-		st.put(cls, ab, classBytes(mem.Class))
+		st.put(clsMap, ab, cls)
 		if ifn != "" {
-			st.put(bind, ifn+ab, classBytes(mem.Class))
-		}
-		if quar {
-			st.put(q, ab, "")
+			st.put(bind, ifn+ab, cls)
 		}
 	}
 }

@@ -38,8 +38,13 @@ func TestCompileMatchesDecide(t *testing.T) {
 		accept[v.chain] = v.accept
 	}
 	n := m.NumClasses()
-	if got := len(st[mapVerdict]); got != n*n {
-		t.Fatalf("verdict map has %d entries, want %d", got, n*n)
+	if got := len(st[mapVerdict]); got != n*n+2*n+1 {
+		t.Fatalf("verdict map has %d entries, want %d (every class pair, and the quarantine class with each)", got, n*n+2*n+1)
+	}
+	for key, chain := range st[mapVerdict] {
+		if (key[:4] == quarantineClass || key[4:] == quarantineClass) && chain != chainQuarantine {
+			t.Errorf("quarantine entry %x goes to %s", key, chain)
+		}
 	}
 	for s := range n {
 		for d := range n {
@@ -60,7 +65,7 @@ func TestCompileMatchesDecide(t *testing.T) {
 	}
 	want := map[string]int{
 		setScope: 7, setEEIfs: 6, setGwIfs: 2, mapIfCls: 6, mapCls4: 6, mapCls6: 6,
-		setBind4: 6, setBind6: 6, setQuar4: 0, setQuarIfs: 0, setCtrl4: 1, setCtrl6: 0,
+		setBind4: 6, setBind6: 6, setCtrl4: 1, setCtrl6: 0,
 	}
 	for set, n := range want {
 		if got := len(st[set]); got != n {
@@ -107,9 +112,9 @@ func TestDiff(t *testing.T) {
 	if !equalCounts(got, want) {
 		t.Errorf("changed cell: %v, want %v", got, want)
 	}
-	// Quarantine: the EE's addresses and interface.
+	// Quarantine: the EE's addresses and interface change class.
 	got = count(diff(base, compile(plainPlan(t, m, table3EEs, "y-mc"))))
-	want = map[string][2]int{setQuar4: {0, 1}, setQuar6: {0, 1}, setQuarIfs: {0, 1}}
+	want = map[string][2]int{mapIfCls: {1, 1}, mapCls4: {1, 1}, mapCls6: {1, 1}, setBind4: {1, 1}, setBind6: {1, 1}}
 	if !equalCounts(got, want) {
 		t.Errorf("quarantine: %v, want %v", got, want)
 	}

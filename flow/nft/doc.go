@@ -27,8 +27,11 @@
 //     local EE owns: one lookup both checks that the EE behind the
 //     interface owns the address and classifies it (the fast path for the
 //     common hop); gwifs: interfaces of local gateway EEs;
-//   - quar4/quar6/quarifs: quarantined addresses and interfaces;
-//     ctrl4/ctrl6: controller addresses.
+//   - ctrl4/ctrl6: controller addresses.
+//
+// A quarantined member keeps its entries but with a reserved quarantine
+// class, and every verdict-map entry with the quarantine class on either
+// side drops (deny-quarantine): quarantine costs no extra rule.
 //
 // # Semantics
 //
@@ -40,8 +43,8 @@
 // a removed member also cuts established flows.
 //
 //  1. Traffic from or to a controller address is accepted.
-//  2. Traffic from or to a quarantined EE (by address or by its interface)
-//     is dropped.
+//  2. Traffic from or to a quarantined EE (by address or, for a local EE,
+//     by its interface) is dropped: the quarantine class.
 //  3. A local end whose EE does not own the packet's address on that end is
 //     either a gateway forwarding someone else's flow or a spoofer: if the
 //     EE is not a gateway the packet is dropped (deny-spoofed-source,

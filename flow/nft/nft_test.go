@@ -123,8 +123,23 @@ func TestCounters(t *testing.T) {
 		{"x", "r-os", CounterNonMember, false},
 		{"r-os", "ctl", CounterController, true},
 	}
+	// settle waits until the counters stop moving (a finished probe's
+	// connection teardown is still in flight for a moment).
+	settle := func() map[string]Counter {
+		prev := counters(t, p)
+		for range 50 {
+			time.Sleep(60 * time.Millisecond)
+			cur := counters(t, p)
+			if reflect.DeepEqual(prev, cur) {
+				return cur
+			}
+			prev = cur
+		}
+		t.Fatal("counters never settled")
+		return nil
+	}
 	for _, tt := range tests {
-		before := counters(t, p)
+		before := settle()
 		ok, err := dial(l.ees[tt.from].ns, l.ees[tt.to].addr4)
 		if err != nil {
 			t.Fatal(err)
@@ -132,7 +147,7 @@ func TestCounters(t *testing.T) {
 		if ok != tt.pass {
 			t.Errorf("%s -> %s passed=%v, want %v", tt.from, tt.to, ok, tt.pass)
 		}
-		after := counters(t, p)
+		after := settle()
 		for _, n := range CounterNames() {
 			grew := after[n].Packets > before[n].Packets
 			if n == tt.counter && !grew {

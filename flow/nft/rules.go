@@ -33,16 +33,16 @@ type family struct {
 	srcOff, dstOff uint32
 	addrLen        uint32
 	cls, bind      string
-	quar, ctrl     string
+	ctrl           string
 	bindAddrReg    uint32 // the address after an interface name in reg1
 	bindAddrReg2   uint32 // the address after an interface name in reg2
 }
 
 var families = []family{
 	{name: "4", proto: unix.NFPROTO_IPV4, srcOff: 12, dstOff: 16, addrLen: 4,
-		cls: mapCls4, bind: setBind4, quar: setQuar4, ctrl: setCtrl4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
+		cls: mapCls4, bind: setBind4, ctrl: setCtrl4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
 	{name: "6", proto: unix.NFPROTO_IPV6, srcOff: 8, dstOff: 24, addrLen: 16,
-		cls: mapCls6, bind: setBind6, quar: setQuar6, ctrl: setCtrl6, bindAddrReg: reg2, bindAddrReg2: reg3},
+		cls: mapCls6, bind: setBind6, ctrl: setCtrl6, bindAddrReg: reg2, bindAddrReg2: reg3},
 }
 
 // side is one end of a hop as the rules see it: the interface the packet
@@ -157,13 +157,6 @@ func (p *Programmer) ruleset() []chainRules {
 		// The controllers are always reachable, even from quarantine.
 		for _, s := range []side{inSide, outSide} {
 			r = append(r, ex(loadAddr(f, s, reg2), p.in(f.ctrl, reg2, false), counter(CounterController), verdict(expr.VerdictAccept)))
-		}
-		// Quarantine: by the local EE's interface and by address.
-		for _, s := range []side{inSide, outSide} {
-			r = append(r, ex(loadIf(s, reg2), p.in(setQuarIfs, reg2, false), counter(CounterQuarantine), verdict(expr.VerdictDrop)))
-		}
-		for _, s := range []side{inSide, outSide} {
-			r = append(r, ex(loadAddr(f, s, reg2), p.in(f.quar, reg2, false), counter(CounterQuarantine), verdict(expr.VerdictDrop)))
 		}
 		r = append(r,
 			ex(&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
