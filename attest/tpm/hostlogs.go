@@ -10,10 +10,14 @@ import (
 	attestation "github.com/google/go-attestation/attest"
 )
 
-// Default locations of the kernel's measurement logs.
+// Default locations of the kernel's measurement logs. Newer kernels move
+// IMA under integrity/ima and keep ima as a symlink; ReadIMALog tries both.
 const (
-	IMALogPath  = "/sys/kernel/security/ima/binary_runtime_measurements"
-	BootLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
+	IMALogPath      = "/sys/kernel/security/ima/binary_runtime_measurements"
+	IMAASCIILogPath = "/sys/kernel/security/ima/ascii_runtime_measurements"
+	BootLogPath     = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+	imaIntegrityDir = "/sys/kernel/security/integrity/ima/"
 )
 
 // maxHostLog bounds a host log read (IMA logs of long-running hosts grow
@@ -46,6 +50,21 @@ func ReadHostLog(path string) (*HostLog, error) {
 		return nil, fmt.Errorf("read host log %s: larger than %d bytes", path, maxHostLog)
 	}
 	return &HostLog{Path: path, Present: true, Data: buf}, nil
+}
+
+// ReadIMALog reads the kernel's IMA measurement list, binary (the form
+// the kernel extends from) or ASCII, from securityfs; Present is false on
+// hosts without IMA or without securityfs mounted.
+func ReadIMALog(ascii bool) (*HostLog, error) {
+	name, path := "binary_runtime_measurements", IMALogPath
+	if ascii {
+		name, path = "ascii_runtime_measurements", IMAASCIILogPath
+	}
+	l, err := ReadHostLog(path)
+	if err != nil || l.Present {
+		return l, err
+	}
+	return ReadHostLog(imaIntegrityDir + name)
 }
 
 // ParseBootLog parses a TCG (crypto-agile or SHA-1) boot event log with

@@ -365,12 +365,29 @@ func TestHostLogs(t *testing.T) {
 	if err != nil || missing.Present {
 		t.Fatalf("missing log: %+v %v", missing, err)
 	}
-	for _, p := range []string{tpm.IMALogPath, tpm.BootLogPath} {
-		l, err := tpm.ReadHostLog(p)
+	present := filepath.Join(t.TempDir(), "binary_bios_measurements")
+	if err := os.WriteFile(present, []byte("log bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := tpm.ReadHostLog(present); err != nil || !l.Present || string(l.Data) != "log bytes" {
+		t.Fatalf("present log: %+v %v", l, err)
+	}
+	for _, ascii := range []bool{false, true} {
+		l, err := tpm.ReadIMALog(ascii)
 		if err != nil {
-			t.Fatalf("%s: %v", p, err)
+			t.Fatalf("ima log: %v", err)
 		}
-		t.Logf("%s present=%v bytes=%d", p, l.Present, len(l.Data))
+		t.Logf("%s present=%v bytes=%d", l.Path, l.Present, len(l.Data))
+	}
+	l, err := tpm.ReadHostLog(tpm.BootLogPath)
+	if err != nil {
+		t.Fatalf("boot log: %v", err)
+	}
+	t.Logf("%s present=%v bytes=%d", l.Path, l.Present, len(l.Data))
+	if l.Present {
+		if _, err := tpm.ParseBootLog(l.Data); err != nil {
+			t.Fatalf("host boot log: %v", err)
+		}
 	}
 	// A real crypto-agile boot log (captured by go-attestation).
 	data, err := os.ReadFile(filepath.Join("testdata", "crypto_agile_eventlog"))
