@@ -332,6 +332,16 @@ func (s *FileStorage) recoverLeaves() error {
 			break
 		}
 	}
+	// The kept entries must at least be in order (an append-only file
+	// never leaves a hole in the middle); each frame is checked when read.
+	if damage == "" && m > 0 && loaded[0] != headerLen {
+		damage = "index entry 0 does not point at the first leaf"
+	}
+	for i := 1; damage == "" && i < m; i++ {
+		if loaded[i] <= loaded[i-1] {
+			damage = fmt.Sprintf("index entry %d is out of order", i)
+		}
+	}
 	pos := uint64(headerLen)
 	if m > 0 {
 		_, _, n, _ := readFrameAt(s.leaves, loaded[m-1], dataSize, uint64(m-1), MaxEntrySize)
@@ -533,7 +543,7 @@ func (s *FileStorage) ReadLeaves(ctx context.Context, start, n uint64) ([][]byte
 		}
 		lo, hi := off(i), off(j)
 		if hi <= lo || hi > s.dataEnd {
-			return nil, &CorruptError{Index: i, End: i + 1, Err: fmt.Errorf("index offsets %d..%d out of order", lo, hi)}
+			return nil, &CorruptError{Index: i, End: j + 1, Err: fmt.Errorf("index offsets %d..%d out of order", lo, hi)}
 		}
 		buf := make([]byte, hi-lo)
 		if _, err := s.leaves.ReadAt(buf, int64(lo)); err != nil {

@@ -333,6 +333,29 @@ func TestFileStorageTamper(t *testing.T) {
 			}
 		})
 	}
+	// An index entry in the middle zeroed: flagged at open, found by Fsck.
+	t.Run("index-hole", func(t *testing.T) {
+		copyDir(t, saved, dir)
+		idxPath := filepath.Join(dir, "index")
+		b, err := os.ReadFile(idxPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(b[headerLen+8*5:], make([]byte, 8))
+		os.WriteFile(idxPath, b, 0o600)
+		st, err := OpenFile(dir, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		if !errors.Is(st.Damaged(), ErrDamaged) {
+			t.Fatalf("damage not flagged: %v", st.Damaged())
+		}
+		_, verifier, _ := testKeys(t, testOrigin, 1)
+		if _, err := Fsck(context.Background(), st, verifier); !isCorruptAt(err, 5) && !isCorruptAt(err, 4) {
+			t.Fatalf("got %v", err)
+		}
+	})
 	// Damage that a crash cannot explain stops appends.
 	edit(func(b []byte) []byte { b[spans[n-1][0]+7] ^= 1; return b })
 	st, err := OpenFile(dir, nil)
