@@ -66,6 +66,7 @@ func (t *TPM) EK(kind EKKind) (*EK, error) {
 		return nil, err
 	}
 	ek := &EK{Kind: kind}
+	defer func() { t.log.Debug("read ek", "kind", kind.String(), "cert_bytes", len(ek.Cert)) }()
 	err = t.do(func(tp transport.TPM) error {
 		rsp, err := createEK(tp, tmpl)
 		if err != nil {
@@ -204,7 +205,11 @@ func (t *TPM) CreateAK(kind EKKind) (*AK, error) {
 			return fmt.Errorf("create ak: %w", err)
 		}
 		ak.Public, ak.Private = rsp.OutPublic.Bytes(), rsp.OutPrivate.Buffer
-		return ak.load(tp, ek)
+		if err := ak.load(tp, ek); err != nil {
+			return err
+		}
+		t.log.Debug("created ak", "ek", kind.String(), "handle", uint32(ak.handle))
+		return nil
 	})
 	if err != nil {
 		return nil, err
