@@ -39,7 +39,9 @@ type Config struct {
 	Verifier note.Verifier
 	// Logger receives operational messages (not audit events). Default: discard.
 	Logger *slog.Logger
-	// Now stamps entries whose Time is zero. Default: time.Now.
+	// Now stamps entries whose Time is zero. It is called from the
+	// goroutines that append, so it must be safe for concurrent use.
+	// Default: time.Now.
 	Now func() time.Time
 }
 
