@@ -61,6 +61,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -205,17 +206,50 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	resp, err := cli.Get(pctx, cfg.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := firstRead(pctx, cli, cfg.Prefix)
 	if err != nil {
 		_ = cli.Close()
-		if pctx.Err() != nil {
-			err = ctxError(pctx, err)
-		}
 		return nil, fmt.Errorf("open etcd store %s: first read: %w", describe(endpoints, cfg.Prefix), err)
 	}
 	log.Info("etcd store opened", "endpoints", endpoints, "prefix", cfg.Prefix,
 		"rev", resp.Header.Revision, "keys", resp.Count, "tls", cfg.TLS != nil)
 	return s, nil
+}
+
+// firstRead counts the keys under prefix, retrying while the cluster is
+// unavailable until ctx ends. It goes through the raw gRPC client because
+// clientv3 replaces a deadline error that names the connection failure (a
+// TLS handshake, a refused connection) with the bare context error; the
+// returned error keeps the last such failure.
+func firstRead(ctx context.Context, cli *clientv3.Client, prefix string) (*pb.RangeResponse, error) {
+	kv := pb.NewKVClient(cli.ActiveConnection())
+	req := &pb.RangeRequest{
+		Key:       []byte(prefix),
+		RangeEnd:  []byte(clientv3.GetPrefixRangeEnd(prefix)),
+		CountOnly: true,
+	}
+	var last error
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		resp, err := kv.Range(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			if last == nil || grpcCode(err) != codes.DeadlineExceeded && grpcCode(err) != codes.Canceled {
+				last = err
+			}
+			return nil, ctxError(ctx, last)
+		}
+		if grpcCode(err) != codes.Unavailable {
+			return nil, rpctypes.Error(err)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, ctxError(ctx, last)
+		case <-time.After(wait):
+		}
+	}
 }
 
 func describe(endpoints []string, prefix string) string {

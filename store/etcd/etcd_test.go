@@ -391,7 +391,7 @@ func TestListRestartsAfterCompaction(t *testing.T) {
 func TestRejected(t *testing.T) {
 	requireEtcd(t)
 	bin, _ := findEtcd()
-	e, err := startEtcdArgs(bin, t.TempDir(), "--max-request-bytes", "1048576")
+	e, err := startEtcdWith(bin, t.TempDir(), etcdOptions{extra: []string{"--max-request-bytes", "1048576"}})
 	if err != nil {
 		t.Fatal(err)
 	}

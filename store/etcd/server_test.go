@@ -3,6 +3,7 @@ package etcd_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -28,7 +29,7 @@ type etcdServer struct {
 	bin, dir  string
 	clientURL string
 	peerURL   string
-	extra     []string // more etcd flags
+	opts      etcdOptions
 	log       *bytes.Buffer
 
 	mu     sync.Mutex
@@ -79,12 +80,26 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// startEtcd starts a single-member cluster with its data under dir.
-func startEtcd(bin, dir string) (*etcdServer, error) { return startEtcdArgs(bin, dir) }
+// etcdOptions changes how startEtcdWith runs etcd.
+type etcdOptions struct {
+	// extra flags, which override the defaults.
+	extra []string
+	// With certFile set, etcd serves clients over TLS with certFile and
+	// keyFile and requires client certificates signed by caFile;
+	// clientTLS is what the readiness probe connects with.
+	certFile, keyFile, caFile string
+	clientTLS                 *tls.Config
+}
 
-// startEtcdArgs is startEtcd with more etcd flags, which override the
-// defaults.
-func startEtcdArgs(bin, dir string, extra ...string) (*etcdServer, error) {
+// startEtcd starts a single-member cluster with its data under dir.
+func startEtcd(bin, dir string) (*etcdServer, error) { return startEtcdWith(bin, dir, etcdOptions{}) }
+
+// startEtcdWith is startEtcd with options.
+func startEtcdWith(bin, dir string, o etcdOptions) (*etcdServer, error) {
+	scheme := "http"
+	if o.certFile != "" {
+		scheme = "https"
+	}
 	var lastErr error
 	for range 3 {
 		ports, err := freePorts(2)
@@ -94,9 +109,9 @@ func startEtcdArgs(bin, dir string, extra ...string) (*etcdServer, error) {
 		e := &etcdServer{
 			bin:       bin,
 			dir:       dir,
-			clientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+			clientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[0]),
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
-			extra:     extra,
+			opts:      o,
 		}
 		if lastErr = e.start(); lastErr == nil {
 			return e, nil
@@ -109,7 +124,10 @@ func startEtcdArgs(bin, dir string, extra ...string) (*etcdServer, error) {
 }
 
 // endpoint is the client address, host:port.
-func (e *etcdServer) endpoint() string { return strings.TrimPrefix(e.clientURL, "http://") }
+func (e *etcdServer) endpoint() string {
+	_, hostport, _ := strings.Cut(e.clientURL, "://")
+	return hostport
+}
 
 // start runs etcd (again, on the same ports and data) and waits until it
 // serves reads.
@@ -134,7 +152,11 @@ func (e *etcdServer) start() error {
 		"--logger", "zap",
 		"--log-level", "warn",
 	}
-	cmd := exec.Command(e.bin, append(args, e.extra...)...)
+	if e.opts.certFile != "" {
+		args = append(args, "--cert-file", e.opts.certFile, "--key-file", e.opts.keyFile,
+			"--client-cert-auth", "--trusted-ca-file", e.opts.caFile)
+	}
+	cmd := exec.Command(e.bin, append(args, e.opts.extra...)...)
 	cmd.Stdout = e.log
 	cmd.Stderr = e.log
 	// Its own process group, and killed if this test binary dies.
@@ -146,7 +168,7 @@ func (e *etcdServer) start() error {
 	go func() { _ = cmd.Wait(); close(exited) }()
 	e.cmd, e.exited = cmd, exited
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint()}, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.endpoint()}, TLS: e.opts.clientTLS, Logger: zap.NewNop()})
 	if err != nil {
 		e.killLocked()
 		return err
