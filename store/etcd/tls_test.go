@@ -142,6 +142,9 @@ func TestTLS(t *testing.T) {
 		c := cfg
 		c.TLS = tc.tls
 		c.DialTimeout = 500 * time.Millisecond
+		if tc.want != "" {
+			c.DialTimeout = 2 * time.Second // time for a failed handshake even under -race
+		}
 		s, err := etcd.Open(ctx, c)
 		if err == nil {
 			s.Close()
