@@ -27,6 +27,9 @@ const maxElemsPerMsg = 1000
 // transaction (the first one, with every member) fits one sendmsg.
 const sockBuf = 16 << 20
 
+// ErrClosed is returned by a Programmer's methods after Close.
+var ErrClosed = errors.New("nft: programmer closed")
+
 // Config configures a Programmer.
 type Config struct {
 	// NetNS is the path of the network namespace to program, e.g.
@@ -60,6 +63,8 @@ type Programmer struct {
 	table   *nftables.Table
 	sets    map[string]*nftables.Set
 	applied *applied // nil until the table is built
+	closed  bool
+	opts    []nftables.ConnOption
 }
 
 // New opens a netlink connection into the configured namespace. It does not
@@ -100,6 +105,7 @@ func New(cfg Config) (*Programmer, error) {
 		return nil, fmt.Errorf("nft: netlink: %w", err)
 	}
 	p.conn = c
+	p.opts = opts
 	p.table = &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 	return p, nil
 }
@@ -146,6 +152,9 @@ func (p *Programmer) Apply(plan *flow.Plan) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
 	if p.applied == nil {
 		want := compile(plan)
 		if err := p.build(want); err != nil {
@@ -174,10 +183,10 @@ func (p *Programmer) Apply(plan *flow.Plan) error {
 	for _, ch := range changes {
 		s := p.sets[ch.name]
 		if err := p.sendElems(s, ch.del, p.conn.SetDeleteElements); err != nil {
-			return fmt.Errorf("nft: %w", err)
+			return fmt.Errorf("nft: %w", p.discard(err))
 		}
 		if err := p.sendElems(s, ch.add, p.conn.SetAddElements); err != nil {
-			return fmt.Errorf("nft: %w", err)
+			return fmt.Errorf("nft: %w", p.discard(err))
 		}
 	}
 	if err := p.conn.Flush(); err != nil {
@@ -198,6 +207,22 @@ func (p *Programmer) sendElems(s *nftables.Set, es []nftables.SetElement, op fun
 		es = es[n:]
 	}
 	return nil
+}
+
+// discard drops the messages queued on the connection after a failure to
+// queue a transaction (they must never go out with a later one) by
+// replacing the connection, and forgets the applied state so that the next
+// Apply rebuilds the table.
+func (p *Programmer) discard(cause error) error {
+	p.applied = nil
+	p.conn.CloseLasting()
+	c, err := nftables.New(p.opts...)
+	if err != nil {
+		p.closed = true
+		return errors.Join(cause, fmt.Errorf("reopen netlink: %w", err))
+	}
+	p.conn = c
+	return cause
 }
 
 // build queues the whole table and flushes it as one transaction.
@@ -229,7 +254,7 @@ func (p *Programmer) build(want state) error {
 			s.DataType = *d.data
 		}
 		if err := p.conn.AddSet(s, nil); err != nil {
-			return fmt.Errorf("set %s: %w", d.name, err)
+			return p.discard(fmt.Errorf("set %s: %w", d.name, err))
 		}
 		p.sets[d.name] = s
 	}
@@ -250,7 +275,7 @@ func (p *Programmer) build(want state) error {
 	}
 	for _, ch := range diff(nil, want) {
 		if err := p.sendElems(p.sets[ch.name], ch.add, p.conn.SetAddElements); err != nil {
-			return err
+			return p.discard(err)
 		}
 	}
 	for _, cr := range rules {
@@ -278,6 +303,9 @@ func (p *Programmer) tableExists() (bool, error) {
 func (p *Programmer) Counters() (map[string]Counter, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
 	objs, err := p.conn.GetObjects(p.table)
 	if err != nil {
 		return nil, fmt.Errorf("nft: read counters: %w", err)
@@ -297,6 +325,9 @@ func (p *Programmer) Counters() (map[string]Counter, error) {
 func (p *Programmer) Remove() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
 	p.applied = nil
 	p.conn.DelTable(p.table)
 	if err := p.conn.Flush(); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -311,6 +342,10 @@ func (p *Programmer) Remove() error {
 func (p *Programmer) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
 	err := p.conn.CloseLasting()
 	if p.ns != nil {
 		if cerr := p.ns.Close(); err == nil {

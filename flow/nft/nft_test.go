@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 
@@ -438,6 +439,9 @@ func TestRestartAndDrift(t *testing.T) {
 	}
 	if err := first.Close(); err != nil { // leaves the table in place
 		t.Fatal(err)
+	}
+	if err := first.Apply(l.planFor(m, table3EEs)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Apply after Close: %v, want ErrClosed", err)
 	}
 	yDC, rOS := l.ees["y-dc"], l.ees["r-os"]
 	l.run([]probe{{from: "y-dc", to: "y-mc", addr: l.ees["y-mc"].addr4, want: false}})
