@@ -38,8 +38,9 @@
 //
 // The cluster must accept requests of MinServerRequestBytes
 // (--max-request-bytes=10485760) and transactions of store.MaxBatchOps
-// operations (--max-txn-ops=128, etcd's default). Servers from etcd 3.4 on
-// are supported; tests run against Debian's etcd-server package.
+// operations (--max-txn-ops=128, etcd's default). The tests run against
+// etcd 3.4 (Debian 12's etcd-server package); the client is clientv3 3.7,
+// which speaks the same v3 API to newer servers.
 //
 // # What this package does not do
 //
