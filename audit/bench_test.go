@@ -295,3 +295,27 @@ func BenchmarkOpenFile(b *testing.B) {
 	b.ReportMetric(per, "ns/entry")
 	b.ReportMetric(per/float64(sha256Baseline(enc, n)), "x-vs-sha256")
 }
+
+// BenchmarkEntryCodec encodes and strictly decodes entries; the ratio is
+// against SHA-256 of the encoded bytes.
+func BenchmarkEntryCodec(b *testing.B) {
+	es, enc := benchEntries(b)
+	for _, op := range []string{"encode", "decode"} {
+		b.Run(op, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				var err error
+				if op == "encode" {
+					_, err = es[i%len(es)].Encode()
+				} else {
+					_, err = DecodeEntry(enc[i%len(enc)])
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			per := float64(b.Elapsed()) / float64(b.N)
+			b.ReportMetric(per/float64(sha256Baseline(enc, b.N)), "x-vs-sha256")
+		})
+	}
+}

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -116,33 +116,101 @@ func validKind(k string) error {
 
 // Encode returns the canonical encoding of e: compact JSON with the members
 // v, time, kind, actor, subject, domain, detail in that order (empty optional
-// members left out), detail keys sorted, time in RFC 3339 UTC with trailing
-// zero fractional digits removed, and encoding/json's string escaping.
-// Equal entries (after normalising Time to UTC) always encode to equal bytes.
+// members left out), detail keys sorted bytewise, time in RFC 3339 UTC with
+// trailing zero fractional digits removed. Strings are escaped as
+// encoding/json does today (\" \\ \b \f \n \r \t, other control
+// characters as \u00xx, < > & U+2028 U+2029 as \uXXXX, everything else as
+// UTF-8), but by this package's own code so that the leaf bytes, and so the
+// tree, never change with the Go toolchain. Equal entries (after normalising
+// Time to UTC) always encode to equal bytes.
 func (e Entry) Encode() ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	w := wireEntry{
-		V:       entryVersion,
-		Time:    e.Time.UTC().Format(time.RFC3339Nano),
-		Kind:    e.Kind,
-		Actor:   e.Actor,
-		Subject: e.Subject,
-		Domain:  e.Domain,
-		Detail:  e.Detail,
+	b := make([]byte, 0, 128+len(e.Actor)+len(e.Subject)+len(e.Domain))
+	b = append(b, `{"v":1,"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":`...)
+	b = appendJSONString(b, e.Kind)
+	b = append(b, `,"actor":`...)
+	b = appendJSONString(b, e.Actor)
+	if e.Subject != "" {
+		b = append(b, `,"subject":`...)
+		b = appendJSONString(b, e.Subject)
 	}
-	if len(w.Detail) == 0 {
-		w.Detail = nil
+	if e.Domain != "" {
+		b = append(b, `,"domain":`...)
+		b = appendJSONString(b, e.Domain)
 	}
-	b, err := json.Marshal(w)
-	if err != nil {
-		return nil, fmt.Errorf("entry: encode: %w", err)
+	if len(e.Detail) > 0 {
+		keys := make([]string, 0, len(e.Detail))
+		for k := range e.Detail {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = append(b, `,"detail":{`...)
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, k)
+			b = append(b, ':')
+			b = appendJSONString(b, e.Detail[k])
+		}
+		b = append(b, '}')
 	}
+	b = append(b, '}')
 	if len(b) > MaxEntrySize {
 		return nil, fmt.Errorf("entry: encoded size %d exceeds the limit of %d bytes", len(b), MaxEntrySize)
 	}
 	return b, nil
+}
+
+// appendJSONString appends s, valid UTF-8, as a canonical JSON string.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // DecodeEntry parses the canonical encoding produced by [Entry.Encode]. It is
@@ -154,14 +222,12 @@ func DecodeEntry(b []byte) (Entry, error) {
 	if len(b) > MaxEntrySize {
 		return Entry{}, fmt.Errorf("decode entry: %d bytes exceeds the limit of %d", len(b), MaxEntrySize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
+	// Unknown and duplicate members, whitespace and other non-canonical
+	// forms survive json.Unmarshal but are caught by the comparison with
+	// the re-encoding below.
 	var w wireEntry
-	if err := dec.Decode(&w); err != nil {
+	if err := json.Unmarshal(b, &w); err != nil {
 		return Entry{}, fmt.Errorf("decode entry: expected a JSON object: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Entry{}, errors.New("decode entry: trailing data after the JSON object")
 	}
 	if w.V != entryVersion {
 		return Entry{}, fmt.Errorf("decode entry: version %d, expected %d", w.V, entryVersion)

@@ -2,9 +2,11 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestEntryEncodeGolden(t *testing.T) {
@@ -162,5 +164,47 @@ func FuzzDecodeEntry(f *testing.F) {
 		if !bytes.Equal(c, b) {
 			t.Fatalf("accepted non-canonical input\n in %q\nout %q", b, c)
 		}
+	})
+}
+
+// TestJSONStringMatchesEncodingJSON checks that the package's own string
+// escaping equals encoding/json's today and that encoding/json reads it back.
+// (If a Go release changes its escaping, the canonical form does not change:
+// only this comparison and the doc comment of Encode need a look.)
+func TestJSONStringMatchesEncodingJSON(t *testing.T) {
+	var all []byte
+	for c := range 128 {
+		all = append(all, byte(c))
+	}
+	inputs := []string{"", string(all), "ü€𝄞", "a\u2028b\u2029c", "<script>&amp;</script>", `"\"`, "\x7f", "日本語\x00"}
+	for _, s := range inputs {
+		checkJSONString(t, s)
+	}
+}
+
+func checkJSONString(t *testing.T, s string) {
+	t.Helper()
+	got := appendJSONString(nil, s)
+	want, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("escaping %q:\n got %s\nwant %s", s, got, want)
+	}
+	var back string
+	if err := json.Unmarshal(got, &back); err != nil || back != s {
+		t.Fatalf("%q does not read back: %q, %v", s, back, err)
+	}
+}
+
+func FuzzJSONString(f *testing.F) {
+	f.Add("plain")
+	f.Add("\x00\x1f\"\\<>&\u2028")
+	f.Fuzz(func(t *testing.T, s string) {
+		if !utf8.ValidString(s) {
+			return
+		}
+		checkJSONString(t, s)
 	})
 }
