@@ -75,6 +75,9 @@ type Agent struct {
 	lastContact time.Time
 	lost        bool
 	kick        chan struct{}
+	// renewStream, set while a plan stream is open, ends it so that the
+	// watch loop reopens it at once: a new stream starts with a fresh nonce.
+	renewStream context.CancelFunc
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
@@ -234,7 +237,11 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 		a.mu.Lock()
 		last := a.plan.GetVersion()
 		a.mu.Unlock()
-		stream, err := a.cl.Agent.Watch(ctx, connect.NewRequest(&tvdv1.WatchRequest{Node: a.name, LastPlanVersion: last}))
+		sctx, cancel := context.WithCancel(ctx)
+		a.mu.Lock()
+		a.renewStream = cancel
+		a.mu.Unlock()
+		stream, err := a.cl.Agent.Watch(sctx, connect.NewRequest(&tvdv1.WatchRequest{Node: a.name, LastPlanVersion: last}))
 		if err == nil {
 			for stream.Receive() {
 				attempt = 0
@@ -243,8 +250,15 @@ func (a *Agent) watchLoop(ctx context.Context) error {
 			err = stream.Err()
 			stream.Close()
 		}
+		renewed := sctx.Err() != nil
+		cancel()
 		if ctx.Err() != nil {
 			return nil
+		}
+		if renewed {
+			a.log.Debug("plan stream reopened for a fresh nonce")
+			attempt = 0
+			continue
 		}
 		if connect.CodeOf(err) == connect.CodePermissionDenied || connect.CodeOf(err) == connect.CodeUnauthenticated {
 			a.log.Error("the controller refuses this node", "err", err)
@@ -392,14 +406,21 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	}
 	a.mu.Unlock()
 	if nonce == nil {
+		a.freshNonce()
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("no nonce yet"))
 	}
 	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees}))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
-		if connect.CodeOf(err) == connect.CodeFailedPrecondition {
-			a.nonce = nil // used up; the plan stream brings the next
+		var ce *connect.Error
+		if errors.As(err, &ce) && ce.Code() != connect.CodeUnavailable && ce.Code() != connect.CodeDeadlineExceeded && ce.Code() != connect.CodeCanceled {
+			// The controller answered: whatever it said, the nonce is
+			// spent. The next one comes with a reopened plan stream.
+			a.nonce = nil
+			if ce.Code() == connect.CodeInvalidArgument {
+				a.pendingAcks = nil // the controller cannot use them
+			}
 		}
 		return nil, err
 	}
@@ -407,6 +428,18 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	a.pendingAcks = a.pendingAcks[len(acks):]
 	a.lastContact = a.now()
 	return resp.Msg, nil
+}
+
+// freshNonce asks the watch loop to reopen the plan stream, which starts
+// with a fresh nonce.
+func (a *Agent) freshNonce() {
+	a.mu.Lock()
+	cancel := a.renewStream
+	a.renewStream = nil
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }
 
 // renewLoop renews each member's certificate once half its lifetime has

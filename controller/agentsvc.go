@@ -365,8 +365,10 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	upd.LastReport = now
 	wakeAll := false
 	for _, ack := range r.GetAcks() {
-		if ack.GetPlanVersion() > c.s.planVer[n.Name] {
-			return nil, errInvalid("acknowledged plan version %d was never sent (latest %d)", ack.GetPlanVersion(), c.s.planVer[n.Name])
+		// An acknowledgement of a plan this controller run never sent (one
+		// from before a restart) says nothing about the current plan.
+		if ack.GetPlanVersion() > c.s.planVer[n.Name] || ack.GetPlanVersion() < c.s.epoch<<32 {
+			continue
 		}
 		if ack.GetPlanVersion() >= upd.AckedVersion {
 			upd.AckedVersion, upd.AckedAt, upd.AckedPolicy = ack.GetPlanVersion(), now, c.s.polVer

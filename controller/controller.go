@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -146,6 +147,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	if c.s, err = load(ctx, c.st); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.s.epoch, err = nextEpoch(ctx, c.st); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	if err := c.serverTLS(); err != nil {
@@ -326,3 +330,25 @@ func (c *Controller) RunListener(ctx context.Context, l net.Listener) error {
 
 // Close releases the audit log. The store belongs to the caller.
 func (c *Controller) Close() error { return c.audit.close() }
+
+// nextEpoch counts this start of the controller in the store. Plan versions
+// are epoch<<32 plus a counter, so an agent never sees a version go back
+// after a restart.
+func nextEpoch(ctx context.Context, st store.Store) (uint64, error) {
+	var epoch uint64
+	_, err := store.Update(ctx, st, keyEpoch, func(kv store.KV, found bool) ([]byte, error) {
+		epoch = 1
+		if found {
+			v, err := strconv.ParseUint(string(kv.Value), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("epoch %q: %w", kv.Value, err)
+			}
+			epoch = v + 1
+		}
+		return []byte(strconv.FormatUint(epoch, 10)), nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("count controller starts: %w", err)
+	}
+	return epoch, nil
+}

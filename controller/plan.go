@@ -200,6 +200,9 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	h := sha256.Sum256(b)
 	if s.planHash[node] != h || s.planVer[node] == 0 {
 		s.planHash[node] = h
+		if s.planVer[node] == 0 {
+			s.planVer[node] = s.epoch << 32
+		}
 		s.planVer[node]++
 	}
 	return p, s.planVer[node]

@@ -18,6 +18,7 @@ import (
 const (
 	keyCA            = "ca"
 	keyPolicyCurrent = "meta/policy-version"
+	keyEpoch         = "meta/epoch"
 	prefixNodes      = "nodes/"
 	prefixMembers    = "members/"
 	prefixTokens     = "tokens/"
@@ -120,6 +121,9 @@ type state struct {
 	policy  *policy.Compiled      // the current policy; nil before the first apply
 	polVer  uint64
 	// Plans: per node, the version and digest of the last plan made.
+	// Versions start at epoch<<32, the epoch counting controller starts,
+	// so they only grow across restarts.
+	epoch    uint64
 	planVer  map[string]uint64
 	planHash map[string][32]byte
 }
