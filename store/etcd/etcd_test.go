@@ -350,6 +350,7 @@ func TestListOneSnapshot(t *testing.T) {
 // TestListRestartsAfterCompaction compacts the cluster between the chunks
 // of a List: the List starts again and returns the newer snapshot whole.
 func TestListRestartsAfterCompaction(t *testing.T) {
+	t.Parallel() // runs its own etcd
 	e := privateEtcd(t) // compaction is cluster-wide: keep it away from the shared etcd
 	ctx := context.Background()
 	s := openAt(t, e, uniquePrefix(t))
@@ -389,6 +390,7 @@ func TestListRestartsAfterCompaction(t *testing.T) {
 // error (nothing applied), not as indeterminate: this cluster allows only
 // 1 MiB requests, below MinServerRequestBytes.
 func TestRejected(t *testing.T) {
+	t.Parallel() // runs its own etcd
 	requireEtcd(t)
 	bin, _ := findEtcd()
 	e, err := startEtcdWith(bin, t.TempDir(), etcdOptions{extra: []string{"--max-request-bytes", "1048576"}})

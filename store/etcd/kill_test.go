@@ -40,6 +40,7 @@ func (s *syncBuffer) String() string {
 // restart every acknowledged commit must be there, at its revision, read
 // through the same Store handle (which reconnects) and a fresh one.
 func TestKillEtcd(t *testing.T) {
+	t.Parallel() // runs its own etcd
 	e := privateEtcd(t)
 	var logs syncBuffer
 	cfg := etcd.Config{

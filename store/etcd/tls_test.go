@@ -104,6 +104,7 @@ func newTestPKI(t *testing.T) *testPKI {
 // TestTLS runs the store against an etcd that serves clients only over TLS
 // and requires client certificates.
 func TestTLS(t *testing.T) {
+	t.Parallel() // runs its own etcd
 	requireEtcd(t)
 	bin, _ := findEtcd()
 	pki := newTestPKI(t)
