@@ -350,7 +350,7 @@ func TestListOneSnapshot(t *testing.T) {
 // TestListRestartsAfterCompaction compacts the cluster between the chunks
 // of a List: the List starts again and returns the newer snapshot whole.
 func TestListRestartsAfterCompaction(t *testing.T) {
-	t.Parallel() // runs its own etcd
+	t.Parallel()        // runs its own etcd
 	e := privateEtcd(t) // compaction is cluster-wide: keep it away from the shared etcd
 	ctx := context.Background()
 	s := openAt(t, e, uniquePrefix(t))
