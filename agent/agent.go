@@ -55,6 +55,31 @@ type Config struct {
 	// ReportEvery is the longest time between reports when the controller
 	// asks for none sooner. Default 5s.
 	ReportEvery time.Duration
+	// DataPlane programs the node's overlay and flow rules from each plan;
+	// nil leaves the data plane alone (the node only holds identities).
+	DataPlane DataPlane
+	// EEs runs the node's execution environments; nil runs none.
+	EEs EEHost
+}
+
+// DataPlane programs the node's protected channels and flow enforcement
+// (ARCHITECTURE §6). The agent calls Apply with every new plan, in order,
+// from one goroutine; Apply changes only what differs from the previous
+// plan, and returns the per-domain state to acknowledge and the node's
+// channel public keys to publish.
+type DataPlane interface {
+	Apply(ctx context.Context, p *tvdv1.Plan) (acks []*tvdv1.DomainAck, keys []*tvdv1.ChannelKey, err error)
+	Close() error
+}
+
+// EEHost creates, runs and controls the node's EEs (the paper's
+// container). The agent starts it before enrolling, asks it for status on
+// every report, and hands it the plan's instructions (freeze, rollback).
+type EEHost interface {
+	Start(ctx context.Context, ees []EEConfig) error
+	Status() []*tvdv1.EEStatus
+	Do(ctx context.Context, in *tvdv1.Instruction) error
+	Close() error
 }
 
 // Agent is a node agent.
@@ -78,6 +103,8 @@ type Agent struct {
 	// renewStream, set while a plan stream is open, ends it so that the
 	// watch loop reopens it at once: a new stream starts with a fresh nonce.
 	renewStream context.CancelFunc
+	channelKeys []*tvdv1.ChannelKey
+	done        map[string]bool // instructions carried out
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
@@ -98,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.ReportEvery <= 0 {
 		cfg.ReportEvery = 5 * time.Second
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}}
 	a.name = cfg.Node.Node
 	if a.name == "" {
 		h, err := os.Hostname()
@@ -125,6 +152,11 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if a.cl, err = client.Dial(a.creds, cfg.Controller); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.EEs != nil {
+		if err := cfg.EEs.Start(ctx, cfg.Node.EEs); err != nil {
+			return nil, fmt.Errorf("agent: start EEs: %w", err)
+		}
 	}
 	if p, err := a.loadPlan(); err == nil {
 		a.plan = p
@@ -305,8 +337,33 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 	for _, m := range added {
 		a.log.Info("member in force", "member", memberString(m.GetMember()), "address", m.GetOverlayAddress())
 	}
-	for _, d := range p.GetPeers() {
-		ack.Domains = append(ack.Domains, &tvdv1.DomainAck{Domain: d.GetDomain(), Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: p.GetFlow().GetMatrixId()})
+	if a.cfg.DataPlane != nil {
+		domains, keys, err := a.cfg.DataPlane.Apply(ctx, p)
+		if err != nil {
+			a.log.Error("data plane", "plan_version", p.GetVersion(), "err", err)
+		}
+		ack.Domains = domains
+		if keys != nil {
+			a.channelKeys = keys
+		}
+	} else {
+		for _, d := range p.GetPeers() {
+			ack.Domains = append(ack.Domains, &tvdv1.DomainAck{Domain: d.GetDomain(), Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: p.GetFlow().GetMatrixId(), Error: "this node runs no data plane"})
+		}
+	}
+	for _, in := range p.GetInstructions() {
+		if a.done[in.GetId()] {
+			continue
+		}
+		a.done[in.GetId()] = true
+		ia := &tvdv1.InstructionAck{Id: in.GetId(), Done: true}
+		if a.cfg.EEs == nil {
+			ia.Done, ia.Error = false, "this node runs no EEs"
+		} else if err := a.cfg.EEs.Do(ctx, in); err != nil {
+			ia.Done, ia.Error = false, err.Error()
+		}
+		a.log.Info("instruction", "id", in.GetId(), "reaction", in.GetReaction().String(), "member", memberString(in.GetMember()), "done", ia.Done, "err", ia.Error)
+		ack.Instructions = append(ack.Instructions, ia)
 	}
 	ack.AppliedAt = timestamppb.New(a.now())
 	a.plan = p
@@ -401,15 +458,16 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	nonce := a.nonce
 	acks := a.pendingAcks
 	var ees []*tvdv1.EEStatus
-	for _, m := range a.plan.GetMembers() {
-		ees = append(ees, &tvdv1.EEStatus{Name: m.GetMember().GetEe(), State: tvdv1.EEState_EE_STATE_UNSPECIFIED})
+	if a.cfg.EEs != nil {
+		ees = a.cfg.EEs.Status()
 	}
+	keys := a.channelKeys
 	a.mu.Unlock()
 	if nonce == nil {
 		a.freshNonce()
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("no nonce yet"))
 	}
-	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees}))
+	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees, ChannelKeys: keys}))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
