@@ -894,8 +894,10 @@ type Plan struct {
 	// intra-domain traffic, refuse new joins) or "isolate" (drop all member
 	// traffic).
 	OnControllerLoss string `protobuf:"bytes,11,opt,name=on_controller_loss,json=onControllerLoss,proto3" json:"on_controller_loss,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where the node's measurement log continues (TPM-assured nodes only).
+	Cursor        *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Plan) Reset() {
@@ -1003,6 +1005,13 @@ func (x *Plan) GetOnControllerLoss() string {
 		return x.OnControllerLoss
 	}
 	return ""
+}
+
+func (x *Plan) GetCursor() *AttestCursor {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
 }
 
 // PlanMember is one admitted member on the node.
@@ -2098,6 +2107,73 @@ func (x *ReportRequest) GetJoin() []*EESpec {
 	return nil
 }
 
+// AttestCursor tells a TPM-assured node how much of its measurement log the
+// controller has replayed: the TPM boot (reset count) and the sequence
+// number of the next entry it expects. The node sends the log from there.
+type AttestCursor struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The TPM reset count of the boot the log belongs to.
+	ResetCount uint32 `protobuf:"varint,1,opt,name=reset_count,json=resetCount,proto3" json:"reset_count,omitempty"`
+	// The sequence number of the first entry not yet replayed.
+	NextSeq uint64 `protobuf:"varint,2,opt,name=next_seq,json=nextSeq,proto3" json:"next_seq,omitempty"`
+	// Whether the controller has replayed anything yet; if not, the node sends
+	// its whole log.
+	Valid         bool `protobuf:"varint,3,opt,name=valid,proto3" json:"valid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestCursor) Reset() {
+	*x = AttestCursor{}
+	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestCursor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestCursor) ProtoMessage() {}
+
+func (x *AttestCursor) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestCursor.ProtoReflect.Descriptor instead.
+func (*AttestCursor) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AttestCursor) GetResetCount() uint32 {
+	if x != nil {
+		return x.ResetCount
+	}
+	return 0
+}
+
+func (x *AttestCursor) GetNextSeq() uint64 {
+	if x != nil {
+		return x.NextSeq
+	}
+	return 0
+}
+
+func (x *AttestCursor) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
 // ReportResponse answers a Report.
 type ReportResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2107,14 +2183,16 @@ type ReportResponse struct {
 	NextNonce []byte `protobuf:"bytes,2,opt,name=next_nonce,json=nextNonce,proto3" json:"next_nonce,omitempty"`
 	// The next Report is due by then; a member with no fresh verdict by its
 	// deadline is treated as violating.
-	NextReportBy  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=next_report_by,json=nextReportBy,proto3" json:"next_report_by,omitempty"`
+	NextReportBy *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=next_report_by,json=nextReportBy,proto3" json:"next_report_by,omitempty"`
+	// Where the node's measurement log continues (TPM-assured nodes only).
+	Cursor        *AttestCursor `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	mi := &file_tvd_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2204,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	mi := &file_tvd_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2217,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReportResponse) GetVerdicts() []*Verdict {
@@ -2163,6 +2241,13 @@ func (x *ReportResponse) GetNextReportBy() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ReportResponse) GetCursor() *AttestCursor {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
 // RenewMemberRequest asks for a new member certificate.
 type RenewMemberRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2178,7 +2263,7 @@ type RenewMemberRequest struct {
 
 func (x *RenewMemberRequest) Reset() {
 	*x = RenewMemberRequest{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[27]
+	mi := &file_tvd_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2275,7 @@ func (x *RenewMemberRequest) String() string {
 func (*RenewMemberRequest) ProtoMessage() {}
 
 func (x *RenewMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[27]
+	mi := &file_tvd_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2288,7 @@ func (x *RenewMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewMemberRequest.ProtoReflect.Descriptor instead.
 func (*RenewMemberRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenewMemberRequest) GetNode() string {
@@ -2240,7 +2325,7 @@ type RenewMemberResponse struct {
 
 func (x *RenewMemberResponse) Reset() {
 	*x = RenewMemberResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[28]
+	mi := &file_tvd_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2252,7 +2337,7 @@ func (x *RenewMemberResponse) String() string {
 func (*RenewMemberResponse) ProtoMessage() {}
 
 func (x *RenewMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[28]
+	mi := &file_tvd_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2265,7 +2350,7 @@ func (x *RenewMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewMemberResponse.ProtoReflect.Descriptor instead.
 func (*RenewMemberResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewMemberResponse) GetCertChain() [][]byte {
@@ -2297,7 +2382,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[29]
+	mi := &file_tvd_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2394,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[29]
+	mi := &file_tvd_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2407,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LeaveRequest) GetNode() string {
@@ -2357,7 +2442,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[30]
+	mi := &file_tvd_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2454,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[30]
+	mi := &file_tvd_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2467,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LeaveResponse) GetPlanVersion() uint64 {
@@ -2447,7 +2532,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12*\n" +
 	"\x11last_plan_version\x18\x02 \x01(\x04R\x0flastPlanVersion\"1\n" +
 	"\rWatchResponse\x12 \n" +
-	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xfd\x03\n" +
+	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xab\x04\n" +
 	"\x04Plan\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x12,\n" +
@@ -2464,7 +2549,8 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\vfresh_until\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"freshUntil\x12,\n" +
-	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\"\xb2\x01\n" +
+	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\x12,\n" +
+	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\"\xb2\x01\n" +
 	"\n" +
 	"PlanMember\x12&\n" +
 	"\x06member\x18\x01 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x1d\n" +
@@ -2544,12 +2630,18 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04acks\x18\b \x03(\v2\x0f.tvd.v1.PlanAckR\x04acks\x125\n" +
 	"\fchannel_keys\x18\t \x03(\v2\x12.tvd.v1.ChannelKeyR\vchannelKeys\x12\"\n" +
 	"\x04join\x18\n" +
-	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\"\x9e\x01\n" +
+	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\"`\n" +
+	"\fAttestCursor\x12\x1f\n" +
+	"\vreset_count\x18\x01 \x01(\rR\n" +
+	"resetCount\x12\x19\n" +
+	"\bnext_seq\x18\x02 \x01(\x04R\anextSeq\x12\x14\n" +
+	"\x05valid\x18\x03 \x01(\bR\x05valid\"\xcc\x01\n" +
 	"\x0eReportResponse\x12+\n" +
 	"\bverdicts\x18\x01 \x03(\v2\x0f.tvd.v1.VerdictR\bverdicts\x12\x1d\n" +
 	"\n" +
 	"next_nonce\x18\x02 \x01(\fR\tnextNonce\x12@\n" +
-	"\x0enext_report_by\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fnextReportBy\"b\n" +
+	"\x0enext_report_by\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\fnextReportBy\x12,\n" +
+	"\x06cursor\x18\x04 \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\"b\n" +
 	"\x12RenewMemberRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12&\n" +
 	"\x06member\x18\x02 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x10\n" +
@@ -2597,7 +2689,7 @@ func file_tvd_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_tvd_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tvd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_tvd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_tvd_v1_agent_proto_goTypes = []any{
 	(EEState)(0),                       // 0: tvd.v1.EEState
 	(ChannelState)(0),                  // 1: tvd.v1.ChannelState
@@ -2627,76 +2719,79 @@ var file_tvd_v1_agent_proto_goTypes = []any{
 	(*PlanAck)(nil),                    // 25: tvd.v1.PlanAck
 	(*ChannelKey)(nil),                 // 26: tvd.v1.ChannelKey
 	(*ReportRequest)(nil),              // 27: tvd.v1.ReportRequest
-	(*ReportResponse)(nil),             // 28: tvd.v1.ReportResponse
-	(*RenewMemberRequest)(nil),         // 29: tvd.v1.RenewMemberRequest
-	(*RenewMemberResponse)(nil),        // 30: tvd.v1.RenewMemberResponse
-	(*LeaveRequest)(nil),               // 31: tvd.v1.LeaveRequest
-	(*LeaveResponse)(nil),              // 32: tvd.v1.LeaveResponse
-	nil,                                // 33: tvd.v1.EESpec.ClaimsEntry
-	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
-	(Assurance)(0),                     // 35: tvd.v1.Assurance
-	(*Member)(nil),                     // 36: tvd.v1.Member
-	(Reaction)(0),                      // 37: tvd.v1.Reaction
-	(*Verdict)(nil),                    // 38: tvd.v1.Verdict
+	(*AttestCursor)(nil),               // 28: tvd.v1.AttestCursor
+	(*ReportResponse)(nil),             // 29: tvd.v1.ReportResponse
+	(*RenewMemberRequest)(nil),         // 30: tvd.v1.RenewMemberRequest
+	(*RenewMemberResponse)(nil),        // 31: tvd.v1.RenewMemberResponse
+	(*LeaveRequest)(nil),               // 32: tvd.v1.LeaveRequest
+	(*LeaveResponse)(nil),              // 33: tvd.v1.LeaveResponse
+	nil,                                // 34: tvd.v1.EESpec.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
+	(Assurance)(0),                     // 36: tvd.v1.Assurance
+	(*Member)(nil),                     // 37: tvd.v1.Member
+	(Reaction)(0),                      // 38: tvd.v1.Reaction
+	(*Verdict)(nil),                    // 39: tvd.v1.Verdict
 }
 var file_tvd_v1_agent_proto_depIdxs = []int32{
-	33, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
+	34, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
 	3,  // 1: tvd.v1.EnrollRequest.tpm:type_name -> tvd.v1.TPMEnrollment
 	2,  // 2: tvd.v1.EnrollRequest.ees:type_name -> tvd.v1.EESpec
-	34, // 3: tvd.v1.NodeCredentials.expires:type_name -> google.protobuf.Timestamp
+	35, // 3: tvd.v1.NodeCredentials.expires:type_name -> google.protobuf.Timestamp
 	5,  // 4: tvd.v1.EnrollResponse.credentials:type_name -> tvd.v1.NodeCredentials
 	6,  // 5: tvd.v1.EnrollResponse.challenge:type_name -> tvd.v1.CredentialChallenge
-	35, // 6: tvd.v1.EnrollResponse.assurance:type_name -> tvd.v1.Assurance
+	36, // 6: tvd.v1.EnrollResponse.assurance:type_name -> tvd.v1.Assurance
 	5,  // 7: tvd.v1.ActivateCredentialResponse.credentials:type_name -> tvd.v1.NodeCredentials
-	35, // 8: tvd.v1.ActivateCredentialResponse.assurance:type_name -> tvd.v1.Assurance
+	36, // 8: tvd.v1.ActivateCredentialResponse.assurance:type_name -> tvd.v1.Assurance
 	12, // 9: tvd.v1.WatchResponse.plan:type_name -> tvd.v1.Plan
 	13, // 10: tvd.v1.Plan.members:type_name -> tvd.v1.PlanMember
 	14, // 11: tvd.v1.Plan.peers:type_name -> tvd.v1.DomainPeers
 	17, // 12: tvd.v1.Plan.flow:type_name -> tvd.v1.FlowPlan
 	18, // 13: tvd.v1.Plan.quarantine:type_name -> tvd.v1.QuarantinedMember
 	19, // 14: tvd.v1.Plan.instructions:type_name -> tvd.v1.Instruction
-	34, // 15: tvd.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
-	34, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
-	36, // 17: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
-	34, // 18: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
-	15, // 19: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
-	16, // 20: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
-	36, // 21: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
-	37, // 22: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
-	36, // 23: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
-	34, // 24: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
-	0,  // 25: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
-	1,  // 26: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
-	34, // 27: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
-	23, // 28: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
-	24, // 29: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
-	20, // 30: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
-	21, // 31: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
-	22, // 32: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
-	25, // 33: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
-	26, // 34: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
-	2,  // 35: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
-	38, // 36: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
-	34, // 37: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
-	36, // 38: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
-	34, // 39: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
-	4,  // 40: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
-	8,  // 41: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
-	10, // 42: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
-	27, // 43: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
-	29, // 44: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
-	31, // 45: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
-	7,  // 46: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
-	9,  // 47: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
-	11, // 48: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
-	28, // 49: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
-	30, // 50: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
-	32, // 51: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
-	46, // [46:52] is the sub-list for method output_type
-	40, // [40:46] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	35, // 15: tvd.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
+	35, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
+	28, // 17: tvd.v1.Plan.cursor:type_name -> tvd.v1.AttestCursor
+	37, // 18: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
+	35, // 19: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
+	15, // 20: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
+	16, // 21: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
+	37, // 22: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
+	38, // 23: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
+	37, // 24: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
+	35, // 25: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
+	0,  // 26: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
+	1,  // 27: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
+	35, // 28: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
+	23, // 29: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
+	24, // 30: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
+	20, // 31: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
+	21, // 32: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
+	22, // 33: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
+	25, // 34: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
+	26, // 35: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
+	2,  // 36: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
+	39, // 37: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
+	35, // 38: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
+	28, // 39: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
+	37, // 40: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
+	35, // 41: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
+	4,  // 42: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
+	8,  // 43: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
+	10, // 44: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
+	27, // 45: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
+	30, // 46: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
+	32, // 47: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
+	7,  // 48: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
+	9,  // 49: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
+	11, // 50: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
+	29, // 51: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
+	31, // 52: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
+	33, // 53: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
+	48, // [48:54] is the sub-list for method output_type
+	42, // [42:48] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_agent_proto_init() }
@@ -2714,7 +2809,7 @@ func file_tvd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tvd_v1_agent_proto_rawDesc), len(file_tvd_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
