@@ -47,6 +47,7 @@ func decide(t testing.TB, m *flow.Matrix) func(a, b member) bool {
 }
 
 func TestTable3EveryPair(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	m := table3(t, false)
 	all := append(append([]member{}, table3EEs...), outsider)
@@ -89,6 +90,7 @@ func counters(t testing.TB, p *Programmer) map[string]Counter {
 // TestCounters sends one flow per verdict and checks that exactly the
 // matching counter grows.
 func TestCounters(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	m := table3(t, false)
 	// This programmer gets the namespace as an open handle.
@@ -165,6 +167,7 @@ func TestCounters(t *testing.T) {
 }
 
 func TestQuarantine(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	m := table3(t, false)
 	p := l.programmer()
@@ -245,6 +248,7 @@ func nsConn(t testing.TB, path string) *nftables.Conn {
 // checks that it is one transaction of set-element changes only: the
 // rules keep their handles, and the new policy holds for real packets.
 func TestIncrementalUpdate(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	p := l.programmer()
 	closed := table3(t, false)
@@ -333,6 +337,7 @@ func (l *lab) steer(iif, dst, via string, table int) *netlink.Rule {
 // red/gateway (Rule G), while red/client-os (none towards yellow) and
 // yellow/domain-controller (none towards red) are refused at the gateway.
 func TestGatewayForwarding(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	for _, gw := range []string{"y-gw", "r-gw"} {
 		ns := l.ees[gw].ns
@@ -428,6 +433,7 @@ func TestGatewayForwarding(t *testing.T) {
 // table deleted behind the programmer's back is rebuilt after the failed
 // update is reported.
 func TestRestartAndDrift(t *testing.T) {
+	t.Parallel()
 	l := table3Lab(t)
 	m := table3(t, false)
 	first, err := New(Config{NetNS: l.nsPath()})
