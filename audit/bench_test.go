@@ -195,10 +195,11 @@ func hashChildrenBaseline() time.Duration {
 func BenchmarkInclusionProof(b *testing.B) {
 	l, leaves := bigTestLog(b)
 	size, root := l.Root()
+	ctx := context.Background()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		idx := uint64(i*7919) % size
-		p, err := l.InclusionProof(idx, size)
+		p, err := l.InclusionProof(ctx, idx, size)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -216,11 +217,12 @@ func BenchmarkInclusionProof(b *testing.B) {
 func BenchmarkConsistencyProof(b *testing.B) {
 	l, _ := bigTestLog(b)
 	size, root := l.Root()
+	ctx := context.Background()
 	roots := make(map[uint64][]byte)
 	froms := make([]uint64, 64)
 	for i := range froms {
 		froms[i] = 1 + uint64(i*104729)%(size-1)
-		r, err := l.RootAt(froms[i])
+		r, err := l.RootAt(ctx, froms[i])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -229,7 +231,7 @@ func BenchmarkConsistencyProof(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		from := froms[i%len(froms)]
-		p, err := l.ConsistencyProof(from, size)
+		p, err := l.ConsistencyProof(ctx, from, size)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -55,8 +55,8 @@ func Example() {
 	}
 	latest := l.Checkpoint()
 	size, _ := l.Root()
-	consistency, _ := l.ConsistencyProof(2, size)
-	inclusion, _ := l.InclusionProof(idx, size)
+	consistency, _ := l.ConsistencyProof(ctx, 2, size)
+	inclusion, _ := l.InclusionProof(ctx, idx, size)
 	leaf, _ := l.Leaf(ctx, idx)
 
 	// Auditor side: only the verifier key, the kept checkpoint and what the

@@ -167,20 +167,25 @@ func TestFileStorageTornWrites(t *testing.T) {
 	}
 	restore := func() { copyDir(t, saved, dir) }
 
-	// Leaves torn at every byte: index and checkpoint not yet written.
-	for cut := prev.leaves; cut < last.leaves; cut++ {
+	// Leaves torn inside the last batch (every byte around frame boundaries,
+	// a stride elsewhere): index and checkpoint not yet written.
+	var marks []int64
+	for _, sp := range frameSpans(t, dir) {
+		marks = append(marks, sp[0], sp[1])
+	}
+	for _, cut := range cutPoints(prev.leaves, last.leaves, marks) {
 		restore()
 		truncateFiles(t, dir, fileState{leaves: cut, index: prev.index, cps: prev.cps})
 		t.Run(fmt.Sprintf("leaves-%d", cut), func(t *testing.T) { checkFileLog(t, dir, prevSize) })
 	}
 	// Leaves complete, index torn at every byte.
-	for cut := prev.index; cut < last.index; cut++ {
+	for _, cut := range cutPoints(prev.index, last.index, nil) {
 		restore()
 		truncateFiles(t, dir, fileState{leaves: last.leaves, index: cut, cps: prev.cps})
 		t.Run(fmt.Sprintf("index-%d", cut), func(t *testing.T) { checkFileLog(t, dir, lastSize) })
 	}
-	// Leaves and index complete, checkpoint torn at every byte.
-	for cut := prev.cps; cut < last.cps; cut++ {
+	// Leaves and index complete, checkpoint torn.
+	for _, cut := range cutPoints(prev.cps, last.cps, nil) {
 		restore()
 		truncateFiles(t, dir, fileState{leaves: last.leaves, index: last.index, cps: cut})
 		t.Run(fmt.Sprintf("checkpoint-%d", cut), func(t *testing.T) { checkFileLog(t, dir, lastSize) })
@@ -196,6 +201,32 @@ func TestFileStorageTornWrites(t *testing.T) {
 		f.Close()
 	}
 	t.Run("zero-tails", func(t *testing.T) { checkFileLog(t, dir, lastSize) })
+}
+
+// cutPoints returns offsets in [lo, hi): every offset within frameOverhead
+// bytes of a mark, and about 24 more spread evenly. (Each cut costs a few
+// fsyncs, so not every byte of a long frame is tried.)
+func cutPoints(lo, hi int64, marks []int64) []int64 {
+	seen := map[int64]bool{}
+	var out []int64
+	add := func(c int64) {
+		if c >= lo && c < hi && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	add(lo)
+	for _, m := range marks {
+		for d := int64(-frameOverhead); d <= frameOverhead; d++ {
+			add(m + d)
+		}
+	}
+	step := max(1, (hi-lo)/24)
+	for c := lo; c < hi; c += step {
+		add(c)
+	}
+	add(hi - 1)
+	return out
 }
 
 func copyDir(t *testing.T, from, to string) {

@@ -24,6 +24,10 @@ var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
 // log is scanned.
 const readChunk = 4096
 
+// tileHeight is the lowest tree level kept in memory. Nodes below it are
+// recomputed from the 2^tileHeight stored leaves of their tile.
+const tileHeight = 4
+
 // ErrCheckpoint wraps an error from storing the checkpoint after the leaves
 // of an append were stored: the entries are in the log (the returned index
 // is valid) and the next append stores a checkpoint that covers them.
@@ -57,9 +61,11 @@ func (c Config) Validate() error {
 }
 
 // Log is an append-only RFC 6962 Merkle log of encoded entries with a signed
-// checkpoint after every append. It keeps every complete tree node in memory
-// (64 bytes per leaf) so that proofs need no storage reads. A Log is safe for
-// concurrent use; appends are serialised, reads run alongside them.
+// checkpoint after every append. It keeps the complete tree nodes from level
+// tileHeight up in memory (about 4 bytes per leaf); a proof recomputes the
+// few nodes below from one tile of 16 stored leaves, which also checks those
+// leaves against the tree. A Log is safe for concurrent use; appends are
+// serialised, reads run alongside them.
 type Log struct {
 	st       Storage
 	signer   note.Signer
@@ -70,7 +76,7 @@ type Log struct {
 	wmu sync.Mutex // serialises appends
 
 	mu     sync.RWMutex // guards the fields below
-	levels [][]byte     // levels[l]: hashes of the complete nodes at level l, 32 bytes each
+	levels [][]byte     // levels[l], l >= tileHeight: hashes of the complete nodes at level l, 32 bytes each
 	rng    *compact.Range
 	root   []byte
 	cp     []byte // latest signed checkpoint, covering the whole tree once stored
@@ -121,7 +127,11 @@ func Open(ctx context.Context, st Storage, cfg Config) (*Log, error) {
 		}
 		start += n
 	}
-	l.root = l.rootAt(size)
+	if size == 0 {
+		l.root = hasher.EmptyRoot()
+	} else if l.root, err = l.rng.GetRootHash(nil); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
 
 	signed, err := st.Checkpoint(ctx)
 	if err != nil {
@@ -135,7 +145,11 @@ func Open(ctx context.Context, st Storage, cfg Config) (*Log, error) {
 		if cp.Size > size {
 			return nil, &CorruptError{Index: size, End: cp.Size, Err: fmt.Errorf("checkpoint covers %d leaves but only %d are stored", cp.Size, size)}
 		}
-		if string(cp.Hash) != string(l.rootAt(cp.Size)) {
+		root, err := l.rootAt(ctx, cp.Size)
+		if err != nil {
+			return nil, fmt.Errorf("open audit log: %w", err)
+		}
+		if string(cp.Hash) != string(root) {
 			return nil, &CorruptError{Index: 0, End: cp.Size, Err: ErrRootMismatch}
 		}
 		if cp.Size == size {
@@ -155,15 +169,19 @@ func Open(ctx context.Context, st Storage, cfg Config) (*Log, error) {
 
 // visit records a complete node reported by the compact range.
 func (l *Log) visit(id compact.NodeID, hash []byte) {
+	if id.Level < tileHeight {
+		return
+	}
 	for uint(len(l.levels)) <= id.Level {
 		l.levels = append(l.levels, nil)
 	}
 	l.levels[id.Level] = append(l.levels[id.Level], hash...)
 }
 
-// node returns the hash of a complete node; the caller holds mu.
-func (l *Log) node(id compact.NodeID) ([]byte, bool) {
-	if id.Level >= uint(len(l.levels)) {
+// memNode returns the hash of a complete node at level >= tileHeight; the
+// caller holds mu.
+func (l *Log) memNode(id compact.NodeID) ([]byte, bool) {
+	if id.Level < tileHeight || id.Level >= uint(len(l.levels)) {
 		return nil, false
 	}
 	lv := l.levels[id.Level]
@@ -174,30 +192,105 @@ func (l *Log) node(id compact.NodeID) ([]byte, bool) {
 	return lv[off : off+sha256.Size : off+sha256.Size], true
 }
 
-// rootAt returns the root of the tree of the first size leaves; size must
-// not exceed the current size. The caller holds mu or is the only user.
-func (l *Log) rootAt(size uint64) []byte {
-	if size == 0 {
-		return hasher.EmptyRoot()
+// nodes returns the hashes of complete nodes of the tree of the given size
+// (size <= Size()). Nodes below tileHeight are recomputed from the stored
+// leaves of their tile; every tile that is complete is checked against its
+// node in memory, so a stored leaf altered after Open is reported.
+func (l *Log) nodes(ctx context.Context, ids []compact.NodeID, size uint64) ([][]byte, error) {
+	out := make([][]byte, len(ids))
+	var low []int
+	l.mu.RLock()
+	cur := l.rng.End()
+	if size > cur {
+		l.mu.RUnlock()
+		return nil, fmt.Errorf("tree size %d is above the log size %d", size, cur)
 	}
-	ids := compact.RangeNodes(0, size, nil)
-	hashes := make([][]byte, len(ids))
 	for i, id := range ids {
-		h, ok := l.node(id)
-		if !ok {
-			panic(fmt.Sprintf("audit: node %v missing for size %d", id, size)) // internal invariant
+		if id.Level < tileHeight {
+			low = append(low, i)
+			continue
 		}
-		hashes[i] = h
+		h, ok := l.memNode(id)
+		if !ok {
+			l.mu.RUnlock()
+			return nil, fmt.Errorf("node %d/%d missing", id.Level, id.Index)
+		}
+		out[i] = append([]byte(nil), h...)
+	}
+	l.mu.RUnlock()
+	tiles := make(map[uint64][][]byte) // tile index -> hashes per level within it
+	for _, i := range low {
+		id := ids[i]
+		if _, end := id.Coverage(); end > size {
+			return nil, fmt.Errorf("node %d/%d is not complete in the tree of size %d", id.Level, id.Index, size)
+		}
+		tile := id.Index >> (tileHeight - id.Level)
+		t, ok := tiles[tile]
+		if !ok {
+			var err error
+			if t, err = l.tile(ctx, tile, size); err != nil {
+				return nil, err
+			}
+			tiles[tile] = t
+		}
+		j := id.Index - tile<<(tileHeight-id.Level)
+		lv := t[id.Level]
+		if (j+1)*sha256.Size > uint64(len(lv)) {
+			return nil, fmt.Errorf("node %d/%d missing from its tile", id.Level, id.Index)
+		}
+		out[i] = append([]byte(nil), lv[j*sha256.Size:(j+1)*sha256.Size]...)
+	}
+	return out, nil
+}
+
+// tile reads the stored leaves of tile t that lie below size and returns the
+// hashes of the complete nodes within it, per level. A complete tile must
+// hash to its node in memory.
+func (l *Log) tile(ctx context.Context, t, size uint64) ([][]byte, error) {
+	start := t << tileHeight
+	end := min(start+1<<tileHeight, size)
+	leaves, err := l.st.ReadLeaves(ctx, start, end-start)
+	if err != nil {
+		return nil, fmt.Errorf("read tile %d: %w", t, err)
+	}
+	if uint64(len(leaves)) != end-start {
+		return nil, fmt.Errorf("read tile %d: storage returned %d leaves, expected %d", t, len(leaves), end-start)
+	}
+	levels := make([][]byte, tileHeight+1)
+	for _, leaf := range leaves {
+		levels[0] = append(levels[0], hasher.HashLeaf(leaf)...)
+	}
+	for lv := 1; lv <= tileHeight; lv++ {
+		below := levels[lv-1]
+		for k := 0; k+2*sha256.Size <= len(below); k += 2 * sha256.Size {
+			levels[lv] = append(levels[lv], hasher.HashChildren(below[k:k+sha256.Size], below[k+sha256.Size:k+2*sha256.Size])...)
+		}
+	}
+	if len(levels[tileHeight]) == sha256.Size {
+		l.mu.RLock()
+		h, ok := l.memNode(compact.NewNodeID(tileHeight, t))
+		l.mu.RUnlock()
+		if !ok || string(h) != string(levels[tileHeight]) {
+			return nil, &CorruptError{Index: start, End: end, Err: errors.New("stored leaves do not match the tree")}
+		}
+	}
+	return levels, nil
+}
+
+// rootAt returns the root of the tree of the first size leaves.
+func (l *Log) rootAt(ctx context.Context, size uint64) ([]byte, error) {
+	if size == 0 {
+		return hasher.EmptyRoot(), nil
+	}
+	hashes, err := l.nodes(ctx, compact.RangeNodes(0, size, nil), size)
+	if err != nil {
+		return nil, err
 	}
 	r, err := rangeFactory.NewRange(0, size, hashes)
 	if err != nil {
-		panic(fmt.Sprintf("audit: compact range for size %d: %v", size, err)) // internal invariant
+		return nil, err
 	}
-	root, err := r.GetRootHash(nil)
-	if err != nil {
-		panic(fmt.Sprintf("audit: root for size %d: %v", size, err)) // internal invariant
-	}
-	return root
+	return r.GetRootHash(nil)
 }
 
 // checkpoint signs and stores the checkpoint for size and root.
@@ -235,32 +328,21 @@ func (l *Log) Root() (size uint64, root []byte) {
 }
 
 // RootAt returns the root hash of the tree of the first size entries.
-func (l *Log) RootAt(size uint64) ([]byte, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if size > l.rng.End() {
-		return nil, fmt.Errorf("root at %d: log size is %d", size, l.rng.End())
+func (l *Log) RootAt(ctx context.Context, size uint64) ([]byte, error) {
+	r, err := l.rootAt(ctx, size)
+	if err != nil {
+		return nil, fmt.Errorf("root at %d: %w", size, err)
 	}
-	return l.rootAt(size), nil
+	return r, nil
 }
 
 // RangeHashes returns the compact range of the tree of the first size
 // entries: the roots of its maximal perfect subtrees, left to right. With it
 // a verifier can extend an old tree by new leaves (see VerifyExtension).
-func (l *Log) RangeHashes(size uint64) ([][]byte, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if size > l.rng.End() {
-		return nil, fmt.Errorf("range hashes at %d: log size is %d", size, l.rng.End())
-	}
-	ids := compact.RangeNodes(0, size, nil)
-	out := make([][]byte, len(ids))
-	for i, id := range ids {
-		h, ok := l.node(id)
-		if !ok {
-			return nil, fmt.Errorf("range hashes at %d: node %d/%d missing", size, id.Level, id.Index)
-		}
-		out[i] = append([]byte(nil), h...)
+func (l *Log) RangeHashes(ctx context.Context, size uint64) ([][]byte, error) {
+	out, err := l.nodes(ctx, compact.RangeNodes(0, size, nil), size)
+	if err != nil {
+		return nil, fmt.Errorf("range hashes at %d: %w", size, err)
 	}
 	return out, nil
 }
@@ -306,17 +388,19 @@ func (l *Log) Leaves(ctx context.Context, start, n uint64) ([][]byte, error) {
 }
 
 // Entry returns entry index, decoded. The stored bytes are checked against
-// the leaf hash in the tree, so storage altered after Open is reported.
+// the tree by an inclusion proof, so storage altered after Open is reported.
 func (l *Log) Entry(ctx context.Context, index uint64) (Entry, error) {
 	leaf, err := l.Leaf(ctx, index)
 	if err != nil {
 		return Entry{}, err
 	}
-	l.mu.RLock()
-	h, ok := l.node(compact.NewNodeID(0, index))
-	l.mu.RUnlock()
-	if !ok || string(h) != string(hasher.HashLeaf(leaf)) {
-		return Entry{}, &CorruptError{Index: index, End: index + 1, Err: errors.New("stored leaf does not match its hash in the tree")}
+	size, root := l.Root()
+	p, err := l.InclusionProof(ctx, index, size)
+	if err != nil {
+		return Entry{}, fmt.Errorf("entry %d: %w", index, err)
+	}
+	if err := proof.VerifyInclusion(hasher, index, size, hasher.HashLeaf(leaf), p, root); err != nil {
+		return Entry{}, &CorruptError{Index: index, End: index + 1, Err: fmt.Errorf("stored leaf does not match the tree: %w", err)}
 	}
 	e, err := DecodeEntry(leaf)
 	if err != nil {
@@ -327,7 +411,7 @@ func (l *Log) Entry(ctx context.Context, index uint64) (Entry, error) {
 
 // InclusionProof returns the proof that entry index is in the tree of the
 // given size (index < size <= Size()).
-func (l *Log) InclusionProof(index, size uint64) ([][]byte, error) {
+func (l *Log) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
 	if index >= size {
 		return nil, fmt.Errorf("inclusion proof: index %d not below size %d", index, size)
 	}
@@ -335,13 +419,13 @@ func (l *Log) InclusionProof(index, size uint64) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inclusion proof: %w", err)
 	}
-	return l.buildProof(nodes, size)
+	return l.buildProof(ctx, nodes, size)
 }
 
 // ConsistencyProof returns the proof that the tree of size from is a prefix
 // of the tree of size to (from <= to <= Size()). It is empty if from is 0 or
 // from equals to.
-func (l *Log) ConsistencyProof(from, to uint64) ([][]byte, error) {
+func (l *Log) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
 	if from > to {
 		return nil, fmt.Errorf("consistency proof: from %d is above to %d", from, to)
 	}
@@ -349,22 +433,13 @@ func (l *Log) ConsistencyProof(from, to uint64) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consistency proof: %w", err)
 	}
-	return l.buildProof(nodes, to)
+	return l.buildProof(ctx, nodes, to)
 }
 
-func (l *Log) buildProof(nodes proof.Nodes, size uint64) ([][]byte, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if cur := l.rng.End(); size > cur {
-		return nil, fmt.Errorf("proof for size %d: log size is %d", size, cur)
-	}
-	hashes := make([][]byte, len(nodes.IDs))
-	for i, id := range nodes.IDs {
-		h, ok := l.node(id)
-		if !ok {
-			return nil, fmt.Errorf("proof for size %d: node %d/%d missing", size, id.Level, id.Index)
-		}
-		hashes[i] = append([]byte(nil), h...)
+func (l *Log) buildProof(ctx context.Context, nodes proof.Nodes, size uint64) ([][]byte, error) {
+	hashes, err := l.nodes(ctx, nodes.IDs, size)
+	if err != nil {
+		return nil, fmt.Errorf("proof for size %d: %w", size, err)
 	}
 	p, err := nodes.Rehash(hashes, hasher.HashChildren)
 	if err != nil {

@@ -48,12 +48,12 @@ func TestLogProofsManySizes(t *testing.T) {
 		}
 	}
 	for size := uint64(1); size <= n; size++ {
-		r, err := l.RootAt(size)
+		r, err := l.RootAt(ctx, size)
 		if err != nil || !bytes.Equal(r, roots[size]) {
 			t.Fatalf("RootAt(%d) differs from the reference: %v", size, err)
 		}
 		for i := uint64(0); i < size; i++ {
-			p, err := l.InclusionProof(i, size)
+			p, err := l.InclusionProof(ctx, i, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -68,7 +68,7 @@ func TestLogProofsManySizes(t *testing.T) {
 			}
 		}
 		for from := uint64(0); from <= size; from++ {
-			p, err := l.ConsistencyProof(from, size)
+			p, err := l.ConsistencyProof(ctx, from, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,16 +77,16 @@ func TestLogProofsManySizes(t *testing.T) {
 			}
 		}
 	}
-	if _, err := l.InclusionProof(3, n+1); err == nil {
+	if _, err := l.InclusionProof(ctx, 3, n+1); err == nil {
 		t.Fatal("proof for a size beyond the log")
 	}
-	if _, err := l.InclusionProof(5, 5); err == nil {
+	if _, err := l.InclusionProof(ctx, 5, 5); err == nil {
 		t.Fatal("inclusion proof for index == size")
 	}
-	if _, err := l.ConsistencyProof(6, 5); err == nil {
+	if _, err := l.ConsistencyProof(ctx, 6, 5); err == nil {
 		t.Fatal("consistency proof with from > to")
 	}
-	if _, err := l.RootAt(n + 1); err == nil {
+	if _, err := l.RootAt(ctx, n+1); err == nil {
 		t.Fatal("RootAt beyond the log")
 	}
 }
@@ -190,4 +190,60 @@ func TestConfigValidate(t *testing.T) {
 func isCorruptAt(err error, index uint64) bool {
 	var ce *CorruptError
 	return errors.As(err, &ce) && ce.Index <= index && index < max(ce.End, ce.Index+1)
+}
+
+func TestLogLargerTreeAndTileChecks(t *testing.T) {
+	ctx := context.Background()
+	st := NewMemoryStorage()
+	l, _ := openTestLog(t, st)
+	const n = 300
+	if _, err := l.Append(ctx, testEntries(0, n)...); err != nil {
+		t.Fatal(err)
+	}
+	leaves, _ := st.ReadLeaves(ctx, 0, n)
+	for _, size := range []uint64{1, 15, 16, 17, 31, 32, 33, 64, 100, 255, 256, 257, n} {
+		want := refRoot(leaves[:size])
+		if r, err := l.RootAt(ctx, size); err != nil || !bytes.Equal(r, want) {
+			t.Fatalf("RootAt(%d): %v", size, err)
+		}
+		for _, i := range []uint64{0, 1, size / 3, size / 2, size - 1} {
+			if i >= size {
+				continue
+			}
+			p, err := l.InclusionProof(ctx, i, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proof.VerifyInclusion(hasher, i, size, hasher.HashLeaf(leaves[i]), p, want); err != nil {
+				t.Fatalf("inclusion %d in %d: %v", i, size, err)
+			}
+		}
+		for _, from := range []uint64{0, 1, size / 2, size} {
+			p, err := l.ConsistencyProof(ctx, from, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := proof.VerifyConsistency(hasher, from, size, p, refRoot(leaves[:from]), want); err != nil {
+				t.Fatalf("consistency %d -> %d: %v", from, size, err)
+			}
+		}
+	}
+	// A leaf altered in storage after Open: proofs that need its tile and
+	// Entry report it rather than serve a wrong proof.
+	forged, _ := testEntry(1000).Encode()
+	st.SetLeaf(40, forged)
+	if _, err := l.Entry(ctx, 40); !isCorruptAt(err, 40) {
+		t.Fatalf("Entry(40): %v", err)
+	}
+	if _, err := l.InclusionProof(ctx, 41, n); !isCorruptAt(err, 40) {
+		t.Fatalf("InclusionProof(41): %v", err)
+	}
+	if _, err := l.Entry(ctx, 299); err != nil {
+		t.Fatalf("an untouched entry: %v", err)
+	}
+	// In the last, incomplete tile the root catches it.
+	st.SetLeaf(298, forged)
+	if _, err := l.Entry(ctx, 298); !isCorruptAt(err, 298) {
+		t.Fatalf("Entry(298): %v", err)
+	}
 }

@@ -38,7 +38,7 @@ func TestVerifyConsistencyAndFork(t *testing.T) {
 		if tc.from == 6 {
 			old = cpB6
 		}
-		p, err := tc.l.ConsistencyProof(tc.from, tc.to)
+		p, err := tc.l.ConsistencyProof(ctx, tc.from, tc.to)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +62,7 @@ func TestVerifyConsistencyAndFork(t *testing.T) {
 	}
 	// A user who kept A's checkpoint at 6 is shown B's log at 10: B can give
 	// no proof that verifies.
-	p, _ := b.ConsistencyProof(6, 10)
+	p, _ := b.ConsistencyProof(ctx, 6, 10)
 	if _, _, err := VerifyConsistency(verifier, cpA6, cpB10, p); !errors.As(err, &fe) {
 		t.Fatalf("diverged log: %v", err)
 	}
@@ -71,7 +71,7 @@ func TestVerifyConsistencyAndFork(t *testing.T) {
 		t.Fatalf("shrinking log: %v", err)
 	}
 	// A wrong proof for honest checkpoints is still refused.
-	p, _ = b.ConsistencyProof(5, 10)
+	p, _ = b.ConsistencyProof(ctx, 5, 10)
 	p[len(p)-1][0] ^= 1
 	if _, _, err := VerifyConsistency(verifier, cp5, cpB10, p); err == nil {
 		t.Fatal("altered consistency proof verified")
@@ -95,7 +95,7 @@ func TestVerifyInclusion(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := l.InclusionProof(i, 13)
+		p, err := l.InclusionProof(ctx, i, 13)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func TestVerifyInclusion(t *testing.T) {
 		}
 	}
 	leaf, _ := l.Leaf(ctx, 0)
-	p, _ := l.InclusionProof(0, 13)
+	p, _ := l.InclusionProof(ctx, 0, 13)
 	if _, _, err := VerifyInclusion(verifier, cp, leaf, 13, p); err == nil {
 		t.Fatal("index beyond the checkpoint accepted")
 	}
@@ -220,7 +220,7 @@ func TestVerifyExtension(t *testing.T) {
 	}
 	for i := range cps {
 		for j := i; j < len(cps); j++ {
-			rng, err := l.RangeHashes(sizes[i])
+			rng, err := l.RangeHashes(ctx, sizes[i])
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -242,7 +242,7 @@ func TestVerifyExtension(t *testing.T) {
 			}
 		}
 	}
-	rng, _ := l.RangeHashes(5)
+	rng, _ := l.RangeHashes(ctx, 5)
 	leaves, _ := l.Leaves(ctx, 5, 11)
 	// One entry altered, one dropped, one added, or the order changed.
 	forged, _ := testEntry(999).Encode()
@@ -263,7 +263,7 @@ func TestVerifyExtension(t *testing.T) {
 		t.Error("an extra entry was accepted")
 	}
 	// A range that is not the old tree's.
-	bad, _ := l.RangeHashes(5)
+	bad, _ := l.RangeHashes(ctx, 5)
 	bad[0] = append([]byte(nil), bad[0]...)
 	bad[0][0] ^= 1
 	if _, _, _, err := VerifyExtension(verifier, cps[2], cps[4], bad, leaves); !errors.Is(err, ErrRootMismatch) {
