@@ -210,6 +210,13 @@ func BenchmarkInclusionProof(b *testing.B) {
 	b.StopTimer()
 	per := float64(b.Elapsed()) / float64(b.N)
 	b.ReportMetric(per/float64(hashChildrenBaseline()), "x-vs-nodehash")
+	l.mu.RLock()
+	mem := 0
+	for _, lv := range l.levels {
+		mem += len(lv)
+	}
+	l.mu.RUnlock()
+	b.ReportMetric(float64(mem)/float64(size), "tree-bytes/entry")
 }
 
 // BenchmarkConsistencyProof generates and verifies consistency proofs from
