@@ -15,7 +15,8 @@
 //
 //   - cls4/cls6: overlay address -> class; ifcls: EE interface -> class of
 //     the local EE behind it;
-//   - verdict: "class . class" -> jump to a verdict chain. The two classes
+//   - verdict: "hop origin class . hop final class" -> jump to a verdict
+//     chain. The two classes
 //     are looked up into adjacent 32-bit registers and the 8-byte
 //     concatenation is looked up in the verdict map. Each verdict chain has
 //     a named counter (allow-intra-domain, allow-unrestricted,
@@ -42,7 +43,8 @@
 // passes exactly when the flow it answers would pass now: a changed cell or
 // a removed member also cuts established flows.
 //
-//  1. Traffic from or to a controller address is accepted.
+//  1. Traffic from or to a controller address is accepted
+//     (allow-controller).
 //  2. Traffic from or to a quarantined EE (by address or, for a local EE,
 //     by its interface) is dropped: the quarantine class.
 //  3. A local end whose EE does not own the packet's address on that end is
@@ -66,17 +68,23 @@
 // computes the difference to the last applied plan and sends only the
 // changed set and map elements as one netlink transaction (one batch,
 // atomic in the kernel); chains and rules are created once and keep their
-// handles.
+// handles. When only members or the quarantine changed, the difference is
+// computed from the changed members alone.
 //
 // # What it does not do
 //
 // It filters the forward hook only: traffic between an EE and the node
-// itself (input/output) is not judged. When the other end of a hop is on
-// another node, the sending EE behind the overlay cannot be identified, so
-// a gateway flow arriving from a remote gateway at a local gateway is
-// judged with the origin's class and refused (fail closed): cross-node
-// gateway chains need the overlay to name the forwarding gateway. It trusts
-// the plan's addresses and interfaces; it does not detect changes made to
-// its table by someone else until a transaction fails, after which the next
-// Apply rebuilds the table.
+// itself (input/output) is not judged. A remote end of a hop (through the
+// overlay) is known only by the packet's address, so when the two gateways
+// of a via-gateway flow sit on different nodes, a packet that keeps its
+// origin addresses across the overlay is judged as going straight from the
+// origin's gateway to the final destination and refused (fail closed).
+// Cross-node gateway hops must therefore be tunnelled between the gateway
+// EEs (the outer packet is then a gateway-to-gateway hop, and the inner one
+// leaves the far gateway as a forwarded packet judged above); that setup
+// is not exercised by this package's tests. It trusts the plan's addresses
+// and interfaces. It does not notice changes made to its table by someone
+// else until a transaction fails, after which the next Apply rebuilds the
+// table. Conntrack is on in the node's namespace once the table exists (the
+// reply direction is read from it).
 package nft
