@@ -61,8 +61,9 @@ func NewBatcher(l *Log, cfg BatcherConfig) *Batcher {
 // Append encodes entries (in the caller's goroutine), hands them to Run and
 // waits until they are durably stored and covered by a signed checkpoint. The
 // entries of one call stay contiguous; it returns the index of the first.
-// If ctx ends while waiting, Append returns ctx's error but the entries may
-// still be appended.
+// As with Log.Append, an error wrapping ErrCheckpoint means the entries were
+// stored (the index is valid). If ctx ends while waiting, Append returns
+// ctx's error but the entries may still be appended.
 func (b *Batcher) Append(ctx context.Context, entries ...Entry) (uint64, error) {
 	p, err := b.log.prepare(entries)
 	if err != nil {

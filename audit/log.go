@@ -89,6 +89,10 @@ type Log struct {
 // more leaves than are stored, or one whose root does not match, is
 // reported as a *CorruptError: the log refuses to continue from a state it
 // cannot vouch for. Open does not decode entries; run [Fsck] for that.
+//
+// Open cannot tell leaves left unsigned by a crash from leaves added to the
+// storage by someone else while the log was closed: it signs both (and logs
+// a warning with the count). Protect the storage like the signing key.
 func Open(ctx context.Context, st Storage, cfg Config) (*Log, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
