@@ -284,3 +284,58 @@ func TestVerifyExtension(t *testing.T) {
 		t.Errorf("forked checkpoint with the honest entries: %v", err)
 	}
 }
+
+// FuzzVerifyProofs feeds arbitrary proofs, indices and checkpoints to the
+// offline verifiers: they must never panic, and a proof that passes for the
+// real checkpoints must be the real one.
+func FuzzVerifyProofs(f *testing.F) {
+	ctx := context.Background()
+	l, verifier := openTestLog(f, NewMemoryStorage())
+	if _, err := l.Append(ctx, testEntries(0, 7)...); err != nil {
+		f.Fatal(err)
+	}
+	cp7 := l.Checkpoint()
+	if _, err := l.Append(ctx, testEntries(7, 13)...); err != nil {
+		f.Fatal(err)
+	}
+	cp20 := l.Checkpoint()
+	join := func(p [][]byte) []byte {
+		var b []byte
+		for _, h := range p {
+			b = append(b, h...)
+		}
+		return b
+	}
+	incl, _ := l.InclusionProof(ctx, 5, 20)
+	cons, _ := l.ConsistencyProof(ctx, 7, 20)
+	f.Add(join(incl), uint64(5), join(cons), cp7, cp20)
+	f.Add([]byte{}, uint64(0), []byte{}, cp20, cp7)
+	f.Add(join(incl)[:40], uint64(1<<63), join(cons)[3:], []byte("x"), cp20)
+	split := func(b []byte) [][]byte {
+		var p [][]byte
+		for len(b) >= 32 {
+			p = append(p, b[:32])
+			b = b[32:]
+		}
+		if len(b) > 0 {
+			p = append(p, b)
+		}
+		return p
+	}
+	leaf5, _ := l.Leaf(ctx, 5)
+	f.Fuzz(func(t *testing.T, inclBytes []byte, index uint64, consBytes []byte, oldCP, newCP []byte) {
+		ip, cpr := split(inclBytes), split(consBytes)
+		if _, _, err := VerifyInclusion(verifier, newCP, leaf5, index, ip); err == nil {
+			if index != 5 || string(join(ip)) != string(join(incl)) || string(newCP) != string(cp20) {
+				t.Fatalf("accepted inclusion of leaf 5 at %d with another proof", index)
+			}
+		}
+		if o, n, err := VerifyConsistency(verifier, oldCP, newCP, cpr); err == nil && o.Size != n.Size && o.Size > 0 {
+			real, _ := l.ConsistencyProof(ctx, o.Size, n.Size)
+			if string(join(cpr)) != string(join(real)) {
+				t.Fatalf("accepted a consistency proof %d -> %d that the log did not make", o.Size, n.Size)
+			}
+		}
+		_, _, _, _ = VerifyExtension(verifier, oldCP, newCP, ip, cpr)
+	})
+}
