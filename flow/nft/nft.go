@@ -299,7 +299,10 @@ func (p *Programmer) tableExists() (bool, error) {
 	return false, nil
 }
 
-// Counters returns every named counter of the table (see CounterNames).
+// Counters returns every named counter of the table (see CounterNames):
+// packets and bytes since the table was built. A rebuild (the first Apply
+// of a new Programmer, or the Apply after a failed update) starts them
+// again from zero.
 func (p *Programmer) Counters() (map[string]Counter, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
