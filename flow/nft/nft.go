@@ -231,14 +231,28 @@ func (p *Programmer) build(want state) error {
 	if err != nil {
 		return err
 	}
+	carried := map[string]*nftables.CounterObj{}
 	if exists {
+		// Keep the counts of the table being replaced (an agent restart):
+		// the new counters start where the old ones were read.
+		if objs, err := p.conn.GetObjects(p.table); err == nil {
+			for _, o := range objs {
+				if c, ok := o.(*nftables.CounterObj); ok {
+					carried[c.Name] = c
+				}
+			}
+		}
 		// Delete and recreate inside the same transaction: the kernel
 		// switches from the old rules to the new ones atomically.
 		p.conn.DelTable(p.table)
 	}
 	p.conn.AddTable(p.table)
 	for _, name := range CounterNames() {
-		p.conn.AddObj(&nftables.CounterObj{Table: p.table, Name: name})
+		c := &nftables.CounterObj{Table: p.table, Name: name}
+		if old := carried[name]; old != nil {
+			c.Packets, c.Bytes = old.Packets, old.Bytes
+		}
+		p.conn.AddObj(c)
 	}
 	p.sets = make(map[string]*nftables.Set, len(setDefs))
 	for _, d := range setDefs {
@@ -300,9 +314,10 @@ func (p *Programmer) tableExists() (bool, error) {
 }
 
 // Counters returns every named counter of the table (see CounterNames):
-// packets and bytes since the table was built. A rebuild (the first Apply
-// of a new Programmer, or the Apply after a failed update) starts them
-// again from zero.
+// packets and bytes since the table was first built. When a table is
+// replaced (the first Apply of a new Programmer, or the Apply after a
+// failed update) the counts are carried over; packets counted between the
+// read and the replacement are lost.
 func (p *Programmer) Counters() (map[string]Counter, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -452,9 +452,24 @@ func TestRestartAndDrift(t *testing.T) {
 	yDC, rOS := l.ees["y-dc"], l.ees["r-os"]
 	l.run([]probe{{from: "y-dc", to: "y-mc", addr: l.ees["y-mc"].addr4, want: false}})
 
+	left, err := New(Config{NetNS: l.nsPath()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leftCounts, err := left.Counters()
+	left.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leftCounts[CounterQuarantine].Packets == 0 {
+		t.Fatal("the quarantine counter saw nothing")
+	}
 	p := l.programmer()
 	if err := p.Apply(l.planFor(m, table3EEs)); err != nil {
 		t.Fatalf("replace leftover table: %v", err)
+	}
+	if got := counters(t, p)[CounterQuarantine]; got.Packets < leftCounts[CounterQuarantine].Packets {
+		t.Errorf("quarantine counter not carried over: %d, was %d", got.Packets, leftCounts[CounterQuarantine].Packets)
 	}
 	l.run([]probe{{from: "y-dc", to: "y-mc", addr: l.ees["y-mc"].addr4, want: true}})
 
