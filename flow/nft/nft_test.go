@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"os"
@@ -491,4 +492,36 @@ func TestRestartAndDrift(t *testing.T) {
 		{from: "x", to: "r-os", addr: rOS.addr4, want: true},
 		{from: "r-os", to: "y-dc", addr: yDC.addr4, want: false},
 	})
+}
+
+// TestRemoteMembers treats the red EEs as members on another node, reached
+// through overlay interfaces: they are classified by address only, and
+// every ordered pair still follows Decide (the remote-end rule paths).
+func TestRemoteMembers(t *testing.T) {
+	t.Parallel()
+	l := table3Lab(t)
+	m := table3(t, false)
+	plan := l.planFor(m, table3EEs)
+	remote := map[string]bool{"r-dc": true, "r-gw": true, "r-os": true}
+	plan.EEInterfaces = slices.DeleteFunc(plan.EEInterfaces, func(n string) bool { return remote[n] })
+	for n := range remote {
+		plan.OverlayInterfaces = append(plan.OverlayInterfaces, n)
+	}
+	for i := range plan.Members {
+		if remote[plan.Members[i].EE] {
+			plan.Members[i].Iface = ""
+		}
+	}
+	p := l.programmer()
+	if err := p.Apply(plan); err != nil {
+		t.Fatal(err)
+	}
+	all := append(append([]member{}, table3EEs...), outsider)
+	d := decide(t, m)
+	l.run(l.pairs(all, func(a, b member) bool {
+		if a.name == outsider.name || b.name == outsider.name {
+			return false
+		}
+		return d(a, b)
+	}))
 }
