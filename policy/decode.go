@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -463,7 +464,8 @@ func (d *decoder) refValues(n *yaml.Node) *ReferenceValues {
 							d.errf(v, "sha256 must be 64 hexadecimal digits; got %q", s)
 							return
 						}
-						fmt.Sscanf(strings.ToLower(s), "%x", &e.SHA256)
+						b, _ := hex.DecodeString(s) // hexRE has checked it
+						copy(e.SHA256[:], b)
 					},
 				}, "name", "sha256")
 				r.Entries = append(r.Entries, e)

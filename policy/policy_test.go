@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -335,5 +336,27 @@ func TestSPIFFERoundTrip(t *testing.T) {
 	td, got, err := tvd.ParseSPIFFEID(m.SPIFFEID("lab.tvd"))
 	if err != nil || td != "lab.tvd" || got != m {
 		t.Errorf("got %v %v %v", td, got, err)
+	}
+}
+
+// TestReferenceValuesAllow checks that a listed digest is allowed in the
+// domains that list its set, and nothing else is.
+func TestReferenceValuesAllow(t *testing.T) {
+	c, err := LoadAndCompile("../examples/outsourcing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var busybox, other [32]byte
+	b, _ := hex.DecodeString("3d9f2889d6782537624a4e1a10e68a2ddd53e0ee8bac02676f27308f42ec6bf6")
+	copy(busybox[:], b)
+	other[0] = 1
+	for _, d := range []string{"red", "yellow"} {
+		dp, _ := c.Domain(d)
+		if name, ok := dp.Allowed(busybox); !ok || !strings.HasSuffix(name, "/bin/busybox") {
+			t.Errorf("%s: busybox not allowed (%q)", d, name)
+		}
+		if _, ok := dp.Allowed(other); ok {
+			t.Errorf("%s: an unlisted digest is allowed", d)
+		}
 	}
 }
