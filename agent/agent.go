@@ -32,6 +32,8 @@ import (
 
 	"github.com/tvd-dev/tvd/api/client"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/attest"
+	"github.com/tvd-dev/tvd/attest/tpm"
 	"github.com/tvd-dev/tvd/ca"
 )
 
@@ -60,6 +62,9 @@ type Config struct {
 	DataPlane DataPlane
 	// EEs runs the node's execution environments; nil runs none.
 	EEs EEHost
+	// TPM, when set, enrols the node at TPM assurance and quotes every
+	// report; nil enrols by join token alone (implicit assurance).
+	TPM *tpm.TPM
 }
 
 // DataPlane programs the node's protected channels and flow enforcement
@@ -90,6 +95,8 @@ type Agent struct {
 	name string
 
 	nodeKey *ecdsa.PrivateKey
+	keyHash [32]byte // SHA-256 of the node TLS key, bound into quotes
+	att     *attester
 	creds   *client.Credentials
 	cl      *client.Client
 
@@ -140,6 +147,14 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	var err error
 	if a.nodeKey, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "node.key")); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if a.keyHash, err = attest.TLSKeyHash(a.nodeKey.Public()); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if cfg.TPM != nil {
+		if a.att, err = openAttester(cfg.TPM, cfg.DataDir); err != nil {
+			return nil, fmt.Errorf("agent: TPM: %w", err)
+		}
 	}
 	credDir := filepath.Join(cfg.DataDir, "node")
 	if _, err := os.Stat(filepath.Join(credDir, "cert.pem")); errors.Is(err, os.ErrNotExist) {
@@ -208,13 +223,22 @@ func (a *Agent) enroll(ctx context.Context, dir string) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	resp, err := cl.Agent.Enroll(ctx, connect.NewRequest(&tvdv1.EnrollRequest{
-		JoinToken: a.cfg.JoinToken, NodeName: a.name, Csr: csr, Ees: specs, AgentVersion: Version,
-	}))
-	if err != nil {
-		return fmt.Errorf("agent: enrol node %q: %w", a.name, err)
+	req := &tvdv1.EnrollRequest{JoinToken: a.cfg.JoinToken, NodeName: a.name, Csr: csr, Ees: specs, AgentVersion: Version}
+	var cr *tvdv1.NodeCredentials
+	var nonce []byte
+	assurance := "implicit"
+	if a.att != nil {
+		if cr, nonce, err = a.enrollTPM(ctx, cl, req); err != nil {
+			return err
+		}
+		assurance = "tpm"
+	} else {
+		resp, err := cl.Agent.Enroll(ctx, connect.NewRequest(req))
+		if err != nil {
+			return fmt.Errorf("agent: enrol node %q: %w", a.name, err)
+		}
+		cr, nonce = resp.Msg.GetCredentials(), resp.Msg.GetNonce()
 	}
-	cr := resp.Msg.GetCredentials()
 	keyDER, err := x509.MarshalPKCS8PrivateKey(a.nodeKey)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -224,8 +248,8 @@ func (a *Agent) enroll(ctx context.Context, dir string) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	a.nonce = resp.Msg.GetNonce()
-	a.log.Info("node enrolled", "node", a.name, "assurance", resp.Msg.GetAssurance().String(), "trust_domain", cr.GetTrustDomain())
+	a.nonce = nonce
+	a.log.Info("node enrolled", "node", a.name, "assurance", assurance, "trust_domain", cr.GetTrustDomain())
 	return nil
 }
 
@@ -315,6 +339,9 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 	}
 	if n := p.GetNextNonce(); len(n) > 0 {
 		a.nonce = n
+	}
+	if a.att != nil {
+		a.att.setCursor(p.GetCursor())
 	}
 	prev := a.plan
 	if prev != nil && p.GetVersion() <= prev.GetVersion() && prev.GetVersion() != 0 {
@@ -467,7 +494,13 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 		a.freshNonce()
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("no nonce yet"))
 	}
-	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees, ChannelKeys: keys}))
+	req := &tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees, ChannelKeys: keys}
+	if a.att != nil {
+		if err := a.att.evidence(req, nonce, a.keyHash); err != nil {
+			return nil, fmt.Errorf("quote: %w", err)
+		}
+	}
+	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(req))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -483,6 +516,9 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 		return nil, err
 	}
 	a.nonce = resp.Msg.GetNextNonce()
+	if a.att != nil {
+		a.att.setCursor(resp.Msg.GetCursor())
+	}
 	a.pendingAcks = a.pendingAcks[len(acks):]
 	a.lastContact = a.now()
 	return resp.Msg, nil

@@ -313,6 +313,10 @@ func (c *Controller) applyPolicy(ctx context.Context, id ca.Identity, r *tvdv1.A
 	ops := []store.Op{op, store.Put(keyPolicyCurrent, []byte(strconv.FormatUint(v, 10)))}
 	// Members the new policy no longer admits leave their domain.
 	var removed []*memberRec
+	verifier, err := c.newVerifier(comp)
+	if err != nil {
+		return nil, fmt.Errorf("verifier for policy version %d: %w", v, err)
+	}
 	prevPolicy, prevVer := c.s.policy, c.s.polVer
 	c.s.policy, c.s.polVer = comp, v
 	for _, m := range c.s.sortedMembers() {
@@ -339,6 +343,9 @@ func (c *Controller) applyPolicy(ctx context.Context, id ca.Identity, r *tvdv1.A
 	}
 	rec.Files = nil
 	c.s.history = append(c.s.history, rec)
+	c.att.mu.Lock()
+	c.att.verifier = verifier
+	c.att.mu.Unlock()
 	for _, m := range removed {
 		c.s.members[m.EE] = m
 	}
@@ -627,7 +634,7 @@ func (a *adminService) AuditProof(ctx context.Context, req *connect.Request[tvdv
 	if id.Role.Kind != ca.RoleAdmin && !id.Role.CanRead(e.Domain) {
 		return nil, c.toConnect(ctx, "audit proof", errDenied("permission denied: entry %d belongs to domain %q", idx, e.Domain))
 	}
-	incl, err := lg.InclusionProof(idx, size)
+	incl, err := lg.InclusionProof(ctx, idx, size)
 	if err != nil {
 		return nil, c.toConnect(ctx, "audit proof", errInvalid("%v", err))
 	}
@@ -636,7 +643,7 @@ func (a *adminService) AuditProof(ctx context.Context, req *connect.Request[tvdv
 		resp.LeafHash = leafHash(leaf)
 	}
 	if old := req.Msg.GetOldTreeSize(); old > 0 {
-		cons, err := lg.ConsistencyProof(old, size)
+		cons, err := lg.ConsistencyProof(ctx, old, size)
 		if err != nil {
 			return nil, c.toConnect(ctx, "audit proof", errInvalid("%v", err))
 		}

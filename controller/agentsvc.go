@@ -2,11 +2,13 @@ package controller
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/tvd-dev/tvd"
 	"github.com/tvd-dev/tvd/api"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/audit"
 	"github.com/tvd-dev/tvd/ca"
 	"github.com/tvd-dev/tvd/policy"
@@ -57,9 +60,6 @@ func (c *Controller) enroll(ctx context.Context, r *tvdv1.EnrollRequest) (*tvdv1
 	subject := "node/" + node
 	if _, err := ca.NodeID(c.ca.TrustDomain(), node); err != nil {
 		return nil, c.refuse(ctx, subject, "", errInvalid("node name %q: %v", node, err), nil)
-	}
-	if r.GetTpm() != nil {
-		return nil, c.refuse(ctx, subject, "", errInvalid("node %q offered TPM evidence, but this controller enrols by join token at implicit assurance only; start the agent with --join-token", node), nil)
 	}
 	if len(r.GetEes()) > maxEEsPerNode {
 		return nil, c.refuse(ctx, subject, "", errInvalid("node %q declares %d EEs; at most %d are accepted", node, len(r.GetEes()), maxEEsPerNode), nil)
@@ -102,30 +102,55 @@ func (c *Controller) enroll(ctx context.Context, r *tvdv1.EnrollRequest) (*tvdv1
 	case tok.Node != "" && tok.Node != node:
 		return nil, c.refuse(ctx, subject, "", errDenied("join token is for node %q, not %q", tok.Node, node), map[string]string{"token": tokID})
 	}
+	tok.Used, tok.UsedBy = true, node
+	tokOp, err := putJSON(prefixTokens+tok.ID, &tok)
+	if err != nil {
+		return nil, err
+	}
+	tokCond := store.RevIs(tkv.Key, tkv.Rev)
+	if r.GetTpm() != nil {
+		// The token is spent now; the node exists once its TPM has proved
+		// that the AK lives beside the EK (ActivateCredential).
+		if _, err := c.st.Commit(ctx, store.Batch{Conds: []store.Cond{tokCond}, Ops: []store.Op{tokOp}}); err != nil {
+			return nil, fmt.Errorf("enroll %s: %w", node, err)
+		}
+		return c.beginTPM(ctx, r, keyHash, tok.ID)
+	}
+	n := &nodeRec{Name: node, Assurance: tvd.AssuranceImplicit.String(), AgentVersion: r.GetAgentVersion()}
+	creds, err := c.createNode(ctx, n, pub, keyHash, r.GetEes(), []store.Cond{tokCond}, []store.Op{tokOp}, map[string]string{"token": tok.ID})
+	if err != nil {
+		return nil, err
+	}
+	return &tvdv1.EnrollResponse{
+		EnrollmentId: tok.ID,
+		Credentials:  creds,
+		Nonce:        c.nonce.next(node),
+		Assurance:    api.AssuranceToProto(tvd.AssuranceImplicit),
+	}, nil
+}
+
+// createNode issues the node's certificate, admits its EEs and stores
+// everything in one commit. It must be called with c.mu held.
+func (c *Controller) createNode(ctx context.Context, n *nodeRec, pub crypto.PublicKey, keyHash [32]byte, ees []*tvdv1.EESpec, conds []store.Cond, ops []store.Op, detail map[string]string) (*tvdv1.NodeCredentials, error) {
+	node := n.Name
+	if old := c.s.nodes[node]; old != nil && !old.Left {
+		return nil, c.refuse(ctx, "node/"+node, "", errExists("node %q is already enrolled; a second agent cannot claim its identity (revoke the node first to re-enrol it)", node), nil)
+	}
 	cert, der, err := c.ca.IssueNode(node, pub, DefaultNodeTTL)
 	if err != nil {
 		return nil, fmt.Errorf("issue node certificate: %w", err)
 	}
 	now := c.now()
-	n := &nodeRec{Name: node, Assurance: tvd.AssuranceImplicit.String(), EnrolledAt: now, KeyHash: hex.EncodeToString(keyHash[:]),
-		CertSerial: fmt.Sprintf("%x", cert.SerialNumber), AgentVersion: r.GetAgentVersion()}
-	tok.Used, tok.UsedBy = true, node
-
-	admitted, refused, entries, err := c.admitAll(ctx, n, r.GetEes(), now)
+	n.EnrolledAt, n.KeyHash, n.CertSerial = now, hex.EncodeToString(keyHash[:]), fmt.Sprintf("%x", cert.SerialNumber)
+	admitted, refused, entries, err := c.admitAll(ctx, n, ees, now)
 	if err != nil {
 		return nil, err
 	}
-	var ops []store.Op
-	for _, v := range []struct {
-		key string
-		val any
-	}{{prefixTokens + tok.ID, &tok}, {prefixNodes + node, n}} {
-		op, err := putJSON(v.key, v.val)
-		if err != nil {
-			return nil, err
-		}
-		ops = append(ops, op)
+	op, err := putJSON(prefixNodes+node, n)
+	if err != nil {
+		return nil, err
 	}
+	ops = append(ops, op)
 	for _, m := range append(admitted, refused...) {
 		op, err := putJSON(prefixMembers+m.EE, m)
 		if err != nil {
@@ -133,27 +158,29 @@ func (c *Controller) enroll(ctx context.Context, r *tvdv1.EnrollRequest) (*tvdv1
 		}
 		ops = append(ops, op)
 	}
-	if _, err := c.st.Commit(ctx, store.Batch{Conds: []store.Cond{store.RevIs(tkv.Key, tkv.Rev)}, Ops: ops}); err != nil {
+	if _, err := c.st.Commit(ctx, store.Batch{Conds: conds, Ops: ops}); err != nil {
 		return nil, fmt.Errorf("enroll %s: %w", node, err)
 	}
 	c.s.nodes[node] = n
 	for _, m := range append(admitted, refused...) {
 		c.s.members[m.EE] = m
 	}
-	c.record(ctx, audit.Entry{Kind: audit.KindEnrol, Subject: subject, Detail: map[string]string{"assurance": n.Assurance, "token": tok.ID, "cert_serial": n.CertSerial, "key_sha256": n.KeyHash}})
+	if detail == nil {
+		detail = map[string]string{}
+	}
+	detail["assurance"], detail["cert_serial"], detail["key_sha256"] = n.Assurance, n.CertSerial, n.KeyHash
+	if n.EK != "" {
+		detail["ek"] = n.EK
+	}
+	c.record(ctx, audit.Entry{Kind: audit.KindEnrol, Subject: "node/" + node, Detail: detail})
 	for _, e := range entries {
 		c.record(ctx, e)
 	}
 	c.hub.wake()
 	c.log.InfoContext(ctx, "node enrolled", "node", node, "assurance", n.Assurance, "admitted", len(admitted), "refused", len(refused))
-	return &tvdv1.EnrollResponse{
-		EnrollmentId: tok.ID,
-		Credentials: &tvdv1.NodeCredentials{
-			NodeCert: der, CaBundle: c.ca.Bundle().PEM(), TrustDomain: c.ca.TrustDomain(),
-			Expires: timestamppb.New(cert.NotAfter),
-		},
-		Nonce:     c.nonce.next(node),
-		Assurance: api.AssuranceToProto(tvd.AssuranceImplicit),
+	return &tvdv1.NodeCredentials{
+		NodeCert: der, CaBundle: c.ca.Bundle().PEM(), TrustDomain: c.ca.TrustDomain(),
+		Expires: timestamppb.New(cert.NotAfter),
 	}, nil
 }
 
@@ -293,7 +320,29 @@ func parseClaim(v, t string) (any, error) {
 }
 
 func (a *agentService) ActivateCredential(ctx context.Context, req *connect.Request[tvdv1.ActivateCredentialRequest]) (*connect.Response[tvdv1.ActivateCredentialResponse], error) {
-	return nil, a.c.toConnect(ctx, "activate credential", errPrecondition("no TPM enrolment is pending: this controller enrols by join token"))
+	c := a.c
+	p, st, err := c.finishTPM(ctx, req.Msg.GetEnrollmentId(), req.Msg.GetSecret())
+	if err != nil {
+		return nil, c.toConnect(ctx, "activate credential", err)
+	}
+	pub, err := ca.PublicKeyFromCSR(p.req.GetCsr())
+	if err != nil {
+		return nil, c.toConnect(ctx, "activate credential", errInvalid("certificate request: %v", err))
+	}
+	state, err := st.MarshalBinary()
+	if err != nil {
+		return nil, c.toConnect(ctx, "activate credential", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := &nodeRec{Name: p.node, Assurance: tvd.AssuranceTPM.String(), AgentVersion: p.req.GetAgentVersion(), AttestState: state, EK: ekSummary(p.enrol)}
+	creds, err := c.createNode(ctx, n, pub, p.keyHash, p.req.GetEes(), nil, nil, map[string]string{"token": p.token})
+	if err != nil {
+		return nil, c.toConnect(ctx, "activate credential", err)
+	}
+	cur := st.Cursor()
+	_ = cur
+	return connect.NewResponse(&tvdv1.ActivateCredentialResponse{Credentials: creds, Nonce: st.Nonce(), Assurance: api.AssuranceToProto(tvd.AssuranceTPM)}), nil
 }
 
 func (a *agentService) Watch(ctx context.Context, req *connect.Request[tvdv1.WatchRequest], stream *connect.ServerStream[tvdv1.WatchResponse]) error {
@@ -354,15 +403,26 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	if err != nil {
 		return nil, err
 	}
-	if !c.nonce.consume(n.Name, r.GetNonce()) {
+	tpmNode := n.Assurance == tvd.AssuranceTPM.String()
+	if !tpmNode && !c.nonce.consume(n.Name, r.GetNonce()) {
 		return nil, c.refuse(ctx, "node/"+n.Name, "", errPrecondition("report answers an old or unknown nonce (a replay, or the controller restarted); reopen the plan stream for a fresh one"), nil)
 	}
-	if r.GetQuote() != nil && n.Assurance != tvd.AssuranceTPM.String() {
+	if r.GetQuote() != nil && !tpmNode {
 		return nil, errInvalid("node %q is enrolled at %s assurance; it has no attestation key to quote with", n.Name, n.Assurance)
 	}
 	now := c.now()
 	upd := *n
 	upd.LastReport = now
+	var violations map[string]string
+	var passed map[string][]string
+	var cursor *tvdv1.AttestCursor
+	if tpmNode {
+		var err error
+		violations, passed, cursor, err = c.appraise(ctx, n, &upd, r)
+		if err != nil {
+			return nil, c.refuse(ctx, "node/"+n.Name, "", err, nil)
+		}
+	}
 	wakeAll := false
 	for _, ack := range r.GetAcks() {
 		// An acknowledgement of a plan this controller run never sent (one
@@ -376,6 +436,12 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 			for _, d := range ack.GetDomains() {
 				upd.Domains[d.GetDomain()] = domainState{Channel: d.GetChannel().String(), Matrix: d.GetFlowMatrixId(), Error: d.GetError()}
 			}
+		}
+	}
+	instrDone := map[string]*tvdv1.InstructionAck{}
+	for _, ack := range r.GetAcks() {
+		for _, ia := range ack.GetInstructions() {
+			instrDone[ia.GetId()] = ia
 		}
 	}
 	if len(r.GetChannelKeys()) > 0 {
@@ -419,12 +485,43 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		if pol, ok := c.s.policy.Domain(m.Domain); ok && time.Duration(pol.Interval) < interval {
 			interval = time.Duration(pol.Interval)
 		}
-		cp.LastVerified = now
+		// Reactions the node has carried out.
+		if len(cp.Instructions) > 0 {
+			cp.Instructions = slices.Clone(cp.Instructions)
+			for i, in := range cp.Instructions {
+				if ia := instrDone[in.ID]; ia != nil && !in.Done {
+					cp.Instructions[i].Done, cp.Instructions[i].Error = ia.GetDone(), ia.GetError()
+					if in.Reaction == tvd.ReactFreeze && ia.GetDone() {
+						cp.Frozen = true
+					}
+					entries = append(entries, audit.Entry{Kind: audit.KindReaction, Subject: cp.member().SPIFFEID(c.ca.TrustDomain()), Domain: cp.Domain,
+						Detail: map[string]string{"reaction": string(in.Reaction), "instruction": in.ID, "carried_out": fmt.Sprint(ia.GetDone()), "error": ia.GetError(), "node": n.Name}})
+				}
+			}
+		}
+		for _, set := range passed[m.EE] {
+			if !slices.Contains(cp.MeasuredSets, set) {
+				cp.MeasuredSets = append(slices.Clone(cp.MeasuredSets), set)
+			}
+		}
+		if reason, bad := violations[m.EE]; bad && cp.Status != tvd.StatusViolated {
+			entries = append(entries, c.violate(&cp, reason, now)...)
+			c.log.WarnContext(ctx, "member violates its domain's policy", "member", cp.member().String(), "reason", reason)
+		}
 		if cp.Status != tvd.StatusViolated {
+			cp.LastVerified = now
 			if cp.Status != tvd.StatusVerified {
 				entries = append(entries, audit.Entry{Kind: audit.KindVerdict, Subject: cp.member().SPIFFEID(c.ca.TrustDomain()), Domain: cp.Domain, Detail: map[string]string{"status": "verified", "from": cp.Status.String()}})
 			}
-			cp.Status, cp.StatusReason = tvd.StatusVerified, "node reported in time ("+n.Assurance+" assurance)"
+			cp.Status = tvd.StatusVerified
+			if tpmNode {
+				cp.StatusReason = "TPM quote over a fresh nonce verified; every measurement is listed"
+			} else {
+				cp.StatusReason = "node reported in time (" + n.Assurance + " assurance)"
+			}
+		}
+		if cp.Status == tvd.StatusViolated || !cp.active() || cp.Quarantined != m.Quarantined {
+			wakeAll = true
 		}
 		changed = append(changed, &cp)
 		resp.Verdicts = append(resp.Verdicts, &tvdv1.Verdict{Member: api.MemberToProto(cp.member()), Status: api.StatusToProto(cp.Status), Reason: cp.StatusReason, VerifiedAt: timestamppb.New(now)})
@@ -454,7 +551,15 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	if wakeAll {
 		c.hub.wake()
 	}
-	resp.NextNonce = c.nonce.next(n.Name)
+	if tpmNode {
+		var st attest.NodeState
+		if err := st.UnmarshalBinary(upd.AttestState); err == nil {
+			resp.NextNonce = st.Nonce()
+		}
+		resp.Cursor = cursor
+	} else {
+		resp.NextNonce = c.nonce.next(n.Name)
+	}
 	resp.NextReportBy = timestamppb.New(now.Add(interval))
 	return resp, nil
 }

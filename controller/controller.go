@@ -28,6 +28,7 @@ import (
 
 	"github.com/tvd-dev/tvd/api/client"
 	"github.com/tvd-dev/tvd/api/gen/tvd/v1/tvdv1connect"
+	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/audit"
 	"github.com/tvd-dev/tvd/ca"
 	"github.com/tvd-dev/tvd/store"
@@ -69,6 +70,12 @@ type Config struct {
 	Out io.Writer
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// EKRoots are the CAs trusted to certify TPM endorsement keys (the TPM
+	// manufacturers', or the lab's). Nil: TPM enrolment needs EKAllow.
+	EKRoots *x509.CertPool
+	// EKAllow lists the SHA-256 of endorsement keys trusted without a
+	// certificate.
+	EKAllow map[[32]byte]bool
 }
 
 // Controller is a domain controller.
@@ -85,6 +92,7 @@ type Controller struct {
 	s     *state
 	hub   *hub
 	nonce *nonces
+	att   attestation
 }
 
 // New opens (or, on first start, creates) the deployment: the CA, the
@@ -112,6 +120,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: data dir: %w", err)
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, st: cfg.Store, hub: newHub(), nonce: newNonces()}
+	c.att.pending = map[string]*pendingEnrol{}
+	c.att.ekPolicy = attest.EKPolicy{Roots: cfg.EKRoots, Allow: cfg.EKAllow}
 	kek, err := ca.LoadOrCreateKEK(filepath.Join(cfg.DataDir, "kek"), nil)
 	if err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -148,6 +158,11 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	if c.s, err = load(ctx, c.st); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.s.policy != nil {
+		if c.att.verifier, err = c.newVerifier(c.s.policy); err != nil {
+			return nil, fmt.Errorf("controller: %w", err)
+		}
 	}
 	if c.s.epoch, err = nextEpoch(ctx, c.st); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tvd-dev/tvd/api"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/policy"
 )
 
@@ -146,7 +147,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 		}
 		byNode := map[string][]string{}
 		for _, m := range members {
-			if m.Domain == d && m.active() && m.Node != node && m.Address != "" {
+			if m.Domain == d && m.inGoodStanding() && m.Node != node && m.Address != "" {
 				byNode[m.Node] = append(byNode[m.Node], m.Address)
 			}
 		}
@@ -174,7 +175,9 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 		classes := map[[2]string]*tvdv1.ClassSet{}
 		var keys [][2]string
 		for _, m := range members {
-			if !m.active() || m.Address == "" {
+			// Other nodes learn only members in good standing: a violating
+			// member leaves its peers' plans at once.
+			if m.Address == "" || !(m.inGoodStanding() || (m.Node == node && m.active())) {
 				continue
 			}
 			k := [2]string{m.Domain, m.Role}
@@ -196,6 +199,22 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			}
 		}
 	}
+	// Reactions not yet carried out.
+	for _, m := range members {
+		if m.Node != node {
+			continue
+		}
+		for _, in := range m.Instructions {
+			if in.Done {
+				continue
+			}
+			r, err := api.ReactionToProto(in.Reaction)
+			if err != nil {
+				continue
+			}
+			p.Instructions = append(p.Instructions, &tvdv1.Instruction{Id: in.ID, Reaction: r, Member: api.MemberToProto(m.member()), Reason: in.Reason, IssuedAt: timestamppb.New(in.IssuedAt)})
+		}
+	}
 	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(p)
 	h := sha256.Sum256(b)
 	if s.planHash[node] != h || s.planVer[node] == 0 {
@@ -215,6 +234,16 @@ func (c *Controller) stamp(node string, p *tvdv1.Plan, version uint64) {
 	p.NextNonce = c.nonce.next(node)
 	p.IssuedAt = timestamppb.New(now)
 	p.FreshUntil = timestamppb.New(now.Add(c.freshFor(node)))
+	if n := c.s.nodes[node]; n != nil && len(n.AttestState) > 0 {
+		// A TPM node answers the verifier's outstanding nonce, which lives
+		// in its attestation state: the plan repeats it, and the cursor.
+		var st attest.NodeState
+		if err := st.UnmarshalBinary(n.AttestState); err == nil {
+			p.NextNonce = st.Nonce()
+			cur := st.Cursor()
+			p.Cursor = &tvdv1.AttestCursor{ResetCount: cur.ResetCount, NextSeq: cur.Seq, Valid: cur.Valid}
+		}
+	}
 }
 
 // freshFor is how long a plan stays fresh without contact: the shortest

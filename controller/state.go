@@ -42,6 +42,10 @@ type nodeRec struct {
 	Domains      map[string]domainState `json:"domains,omitempty"`
 	ChannelKeys  map[string]channelKey  `json:"channelKeys,omitempty"`
 	Left         bool                   `json:"left,omitempty"`
+	// TPM-assured nodes: the verifier's state (attest.NodeState) and what
+	// the EK certificate established.
+	AttestState []byte `json:"attestState,omitempty"`
+	EK          string `json:"ek,omitempty"`
 }
 
 type domainState struct {
@@ -84,12 +88,33 @@ type memberRec struct {
 	Quarantined   bool              `json:"quarantined,omitempty"`
 	Frozen        bool              `json:"frozen,omitempty"`
 	PolicyVersion uint64            `json:"policyVersion"`
+	// MeasuredSets are the reference value sets the member's measurements
+	// came from (evidence for mappings and the report).
+	MeasuredSets []string `json:"measuredSets,omitempty"`
+	// Instructions are the reactions sent to the member's node.
+	Instructions []instruction `json:"instructions,omitempty"`
+}
+
+// instruction is a reaction the member's node must carry out once.
+type instruction struct {
+	ID       string       `json:"id"`
+	Reaction tvd.Reaction `json:"reaction"`
+	Reason   string       `json:"reason"`
+	IssuedAt time.Time    `json:"issuedAt"`
+	Done     bool         `json:"done,omitempty"`
+	Error    string       `json:"error,omitempty"`
 }
 
 func (m *memberRec) member() tvd.Member { return tvd.Member{Domain: m.Domain, Role: m.Role, EE: m.EE} }
 
 // active reports whether the member holds a place in its domain.
 func (m *memberRec) active() bool { return m.State == memberAdmitted }
+
+// inGoodStanding reports whether other members may reach the member: it is
+// admitted, not violating and not quarantined.
+func (m *memberRec) inGoodStanding() bool {
+	return m.active() && m.Status != tvd.StatusViolated && !m.Quarantined
+}
 
 // tokenRec is a one-time join token.
 type tokenRec struct {

@@ -41,6 +41,7 @@ func (c *Controller) sweepOnce(ctx context.Context) error {
 	now := c.now()
 	var ops []store.Op
 	var stale []*memberRec
+	var entries []audit.Entry
 	for _, m := range c.s.members {
 		if !m.active() || m.Status == tvd.StatusViolated {
 			continue
@@ -50,8 +51,8 @@ func (c *Controller) sweepOnce(ctx context.Context) error {
 			continue
 		}
 		cp := *m
-		cp.Status = tvd.StatusViolated
-		cp.StatusReason = fmt.Sprintf("stale: no verdict since %s (deadline %s)", m.LastVerified.UTC().Format(time.RFC3339), time.Duration(pol.Deadline))
+		reason := fmt.Sprintf("stale: no verdict since %s (deadline %s)", m.LastVerified.UTC().Format(time.RFC3339), time.Duration(pol.Deadline))
+		entries = append(entries, c.violate(&cp, reason, now)...)
 		op, err := putJSON(prefixMembers+m.EE, &cp)
 		if err != nil {
 			return err
@@ -67,9 +68,10 @@ func (c *Controller) sweepOnce(ctx context.Context) error {
 	}
 	for _, m := range stale {
 		c.s.members[m.EE] = m
-		c.record(ctx, audit.Entry{Kind: audit.KindVerdict, Subject: m.member().SPIFFEID(c.ca.TrustDomain()), Domain: m.Domain,
-			Detail: map[string]string{"status": "violated", "reason": m.StatusReason, "node": m.Node}})
 		c.log.WarnContext(ctx, "member stale", "member", m.member().String(), "reason", m.StatusReason)
+	}
+	for _, e := range entries {
+		c.record(ctx, e)
 	}
 	c.hub.wake()
 	return nil

@@ -7,6 +7,7 @@ package tvdtest
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -51,6 +52,8 @@ type Options struct {
 	MemberTTL time.Duration
 	// Verbose sends the deployment's logs to the test log.
 	Verbose bool
+	// EKRoots are the CAs the controller trusts for TPM endorsement keys.
+	EKRoots *x509.CertPool
 }
 
 // New starts a controller and returns the environment. Everything stops
@@ -76,7 +79,7 @@ func New(t testing.TB, opts Options) *Env {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := controller.New(ctx, controller.Config{DataDir: filepath.Join(dir, "controller"), Store: st, Listen: l.Addr().String(), MemberTTL: opts.MemberTTL, Logger: logger.With("c", "controller")})
+	c, err := controller.New(ctx, controller.Config{DataDir: filepath.Join(dir, "controller"), Store: st, Listen: l.Addr().String(), MemberTTL: opts.MemberTTL, Logger: logger.With("c", "controller"), EKRoots: opts.EKRoots})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -159,9 +162,20 @@ func (r *RunningAgent) Stop() {
 // StartAgent enrols a node with the EEs of nc and runs its agent.
 func (e *Env) StartAgent(nc agent.NodeConfig) *RunningAgent {
 	e.t.Helper()
+	return e.StartAgentWith(nc, agent.Config{})
+}
+
+// StartAgentWith is StartAgent with agent settings (a TPM, a data plane,
+// an EE host); the connection fields are filled in.
+func (e *Env) StartAgentWith(nc agent.NodeConfig, cfg agent.Config) *RunningAgent {
+	e.t.Helper()
 	dir := filepath.Join(e.Dir, "agents", nc.Node)
-	a, err := agent.New(context.Background(), agent.Config{Controller: e.URL, DataDir: dir, JoinToken: e.Token(nc.Node), Node: &nc,
-		Logger: e.Logger.With("node", nc.Node), ReportEvery: 200 * time.Millisecond})
+	cfg.Controller, cfg.DataDir, cfg.JoinToken, cfg.Node = e.URL, dir, e.Token(nc.Node), &nc
+	cfg.Logger = e.Logger.With("node", nc.Node)
+	if cfg.ReportEvery == 0 {
+		cfg.ReportEvery = 200 * time.Millisecond
+	}
+	a, err := agent.New(context.Background(), cfg)
 	if err != nil {
 		e.t.Fatalf("agent %s: %v", nc.Node, err)
 	}

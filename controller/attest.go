@@ -1,0 +1,244 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tvd-dev/tvd"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/attest"
+	"github.com/tvd-dev/tvd/audit"
+	"github.com/tvd-dev/tvd/policy"
+)
+
+// enrolTimeout bounds the time between Enroll and ActivateCredential.
+const enrolTimeout = time.Minute
+
+// pendingEnrol is a TPM enrolment waiting for credential activation.
+type pendingEnrol struct {
+	enrol   *attest.Enrollment
+	node    string
+	req     *tvdv1.EnrollRequest
+	keyHash [32]byte
+	token   string
+	expires time.Time
+}
+
+// attestation holds the verifier side of TPM attestation.
+type attestation struct {
+	mu       sync.Mutex
+	ekPolicy attest.EKPolicy
+	verifier *attest.Verifier
+	pending  map[string]*pendingEnrol
+}
+
+// newVerifier builds the verifier for a policy: its reference values are
+// every set of the policy. Each entry is then checked against the member's
+// own domain (domainAllows).
+func (c *Controller) newVerifier(comp *policy.Compiled) (*attest.Verifier, error) {
+	refs := map[[32]byte]string{}
+	if comp != nil {
+		for _, rs := range comp.ReferenceValues {
+			for _, e := range rs.Entries {
+				var d [32]byte
+				if b, err := hex.DecodeString(e.SHA256); err == nil && len(b) == 32 {
+					copy(d[:], b)
+					if _, ok := refs[d]; !ok {
+						refs[d] = rs.Name + "/" + e.Name
+					}
+				}
+			}
+		}
+	}
+	return attest.NewVerifier(attest.Config{Refs: attest.NewRefSet(refs), EK: c.att.ekPolicy, Now: c.now, Logger: c.log})
+}
+
+// beginTPM starts a TPM enrolment: the EK is checked and a credential
+// challenge made. It must be called with c.mu held.
+func (c *Controller) beginTPM(ctx context.Context, r *tvdv1.EnrollRequest, keyHash [32]byte, tokenID string) (*tvdv1.EnrollResponse, error) {
+	tp := r.GetTpm()
+	subject := "node/" + r.GetNodeName()
+	c.att.mu.Lock()
+	defer c.att.mu.Unlock()
+	if c.att.verifier == nil {
+		return nil, c.refuse(ctx, subject, "", errPrecondition("no policy has been applied yet (tvd policy apply)"), nil)
+	}
+	e, ch, err := c.att.verifier.BeginEnrollment(tp.GetEkPublic(), tp.GetEkCert(), tp.GetAkPublic())
+	if err != nil {
+		return nil, c.refuse(ctx, subject, "", errDenied("TPM enrolment refused: %v", err), nil)
+	}
+	var idb [16]byte
+	rand.Read(idb[:])
+	id := hex.EncodeToString(idb[:])
+	now := c.now()
+	for k, p := range c.att.pending {
+		if now.After(p.expires) {
+			delete(c.att.pending, k)
+		}
+	}
+	c.att.pending[id] = &pendingEnrol{enrol: e, node: r.GetNodeName(), req: r, keyHash: keyHash, token: tokenID, expires: now.Add(enrolTimeout)}
+	ek := e.EKIdentity()
+	c.log.InfoContext(ctx, "TPM enrolment started", "node", r.GetNodeName(), "ek", fmt.Sprintf("%+v", ek))
+	return &tvdv1.EnrollResponse{EnrollmentId: id, Challenge: &tvdv1.CredentialChallenge{CredentialBlob: ch.CredentialBlob, EncryptedSecret: ch.EncryptedSecret}}, nil
+}
+
+// finishTPM completes a TPM enrolment with the secret the TPM recovered.
+func (c *Controller) finishTPM(ctx context.Context, id string, secret []byte) (*pendingEnrol, *attest.NodeState, error) {
+	c.att.mu.Lock()
+	p := c.att.pending[id]
+	delete(c.att.pending, id)
+	v := c.att.verifier
+	c.att.mu.Unlock()
+	if p == nil || c.now().After(p.expires) {
+		return nil, nil, errPrecondition("no TPM enrolment %q is pending (it expires %v after Enroll); enrol again", id, enrolTimeout)
+	}
+	st, err := v.FinishEnrollment(p.enrol, secret)
+	if err != nil {
+		return p, nil, c.refuse(ctx, "node/"+p.node, "", errDenied("credential activation failed: the attestation key is not in the TPM that holds the endorsement key (%v)", err), nil)
+	}
+	return p, st, nil
+}
+
+// appraise checks a TPM node's evidence. It returns the members that
+// violate, with the reason, and those whose measurements passed; it
+// updates the node's attestation state in upd. It must be called with c.mu
+// held.
+func (c *Controller) appraise(ctx context.Context, n, upd *nodeRec, r *tvdv1.ReportRequest) (violations map[string]string, passed map[string][]string, cursor *tvdv1.AttestCursor, err error) {
+	var st attest.NodeState
+	if err := st.UnmarshalBinary(n.AttestState); err != nil {
+		return nil, nil, nil, fmt.Errorf("node %s attestation state: %w", n.Name, err)
+	}
+	if !bytes.Equal(r.GetNonce(), st.Nonce()) {
+		return nil, nil, nil, errPrecondition("report answers an old or unknown nonce (a replay?); reopen the plan stream for the current one")
+	}
+	ev := &attest.Evidence{FirstSeq: r.GetFirstEventSeq()}
+	if q := r.GetQuote(); q != nil {
+		ev.Attest, ev.Signature = q.GetAttest(), q.GetSignature()
+	}
+	for _, p := range r.GetPcrs() {
+		if p.GetHashAlg() != 0x000B || len(p.GetDigest()) != 32 {
+			return nil, nil, nil, errInvalid("PCR %d: want a SHA-256 (0x000B) value of 32 bytes", p.GetIndex())
+		}
+		var v [32]byte
+		copy(v[:], p.GetDigest())
+		ev.PCRs = append(ev.PCRs, attest.PCR{Index: int(p.GetIndex()), Value: v})
+	}
+	violations, passed = map[string]string{}, map[string][]string{}
+	events, derr := attest.DecodeEvents(r.GetEvents(), attest.DefaultMaxEvents)
+	ev.Events = events
+	var keyHash [32]byte
+	if b, err := hex.DecodeString(n.KeyHash); err == nil && len(b) == 32 {
+		copy(keyHash[:], b)
+	}
+	c.att.mu.Lock()
+	v := c.att.verifier
+	c.att.mu.Unlock()
+	var res *attest.Result
+	var aerr error
+	if derr != nil {
+		aerr = fmt.Errorf("measurement log: %w", derr)
+	} else {
+		res, aerr = v.Appraise(&st, ev, keyHash)
+	}
+	// The nonce is spent whatever the outcome: store the new state.
+	if b, err := st.MarshalBinary(); err == nil {
+		upd.AttestState = b
+	}
+	cur := st.Cursor()
+	cursor = &tvdv1.AttestCursor{ResetCount: cur.ResetCount, NextSeq: cur.Seq, Valid: cur.Valid}
+	var unlisted *attest.UnlistedError
+	if aerr != nil && !errors.As(aerr, &unlisted) {
+		for _, m := range c.s.members {
+			if m.Node == n.Name && m.active() {
+				violations[m.EE] = "attestation failed: " + aerr.Error()
+			}
+		}
+		return violations, passed, cursor, nil
+	}
+	// Appraise every new entry against the reference values of the domain
+	// of the EE it belongs to.
+	for _, e := range res.Entries {
+		if e.EE == "" {
+			continue
+		}
+		m := c.s.members[e.EE]
+		if m == nil || m.Node != n.Name || !m.active() {
+			continue
+		}
+		d, ok := c.s.policy.Domain(m.Domain)
+		if !ok {
+			continue
+		}
+		if name, ok := d.Allowed(e.FileDigest); ok {
+			set, _, _ := strings.Cut(name, "/")
+			if !slices.Contains(passed[m.EE], set) {
+				passed[m.EE] = append(passed[m.EE], set)
+			}
+			continue
+		}
+		if _, dup := violations[m.EE]; !dup {
+			violations[m.EE] = fmt.Sprintf("unlisted executable %s (sha256:%x) is not in %s's reference values (%s); measured in PCR %d, log entry %d",
+				e.Path, e.FileDigest, m.Domain, strings.Join(d.ReferenceValues, ", "), e.PCR, e.Seq)
+		}
+	}
+	return violations, passed, cursor, nil
+}
+
+// violate marks a member violating and runs its domain's reactions, in
+// order. It returns the audit entries to record. It must be called with
+// c.mu held; the caller stores m.
+func (c *Controller) violate(m *memberRec, reason string, now time.Time) []audit.Entry {
+	subject := m.member().SPIFFEID(c.ca.TrustDomain())
+	m.Status, m.StatusReason = tvd.StatusViolated, reason
+	entries := []audit.Entry{{Kind: audit.KindVerdict, Subject: subject, Domain: m.Domain, Detail: map[string]string{"status": "violated", "reason": reason, "node": m.Node}}}
+	d, ok := c.s.policy.Domain(m.Domain)
+	if !ok {
+		return entries
+	}
+	for i, r := range d.Reactions {
+		detail := map[string]string{"reaction": string(r), "reason": reason, "node": m.Node, "order": fmt.Sprint(i + 1)}
+		switch r {
+		case tvd.ReactQuarantine:
+			m.Quarantined = true
+		case tvd.ReactRevoke:
+			m.State, m.Reason, m.Since = memberRevoked, "revoked on violation: "+reason, now
+		case tvd.ReactFreeze, tvd.ReactRollback:
+			var idb [8]byte
+			rand.Read(idb[:])
+			in := instruction{ID: hex.EncodeToString(idb[:]), Reaction: r, Reason: reason, IssuedAt: now}
+			m.Instructions = append(m.Instructions, in)
+			detail["instruction"] = in.ID
+		}
+		entries = append(entries, audit.Entry{Kind: audit.KindReaction, Subject: subject, Domain: m.Domain, Detail: detail})
+	}
+	return entries
+}
+
+// sortedKeys returns the keys of m in order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ekSummary describes what the EK check established, for the node record.
+func ekSummary(e *attest.Enrollment) string {
+	id := e.EKIdentity()
+	s := fmt.Sprintf("%+v", id)
+	sum := sha256.Sum256([]byte(s))
+	_ = sum
+	return s
+}
