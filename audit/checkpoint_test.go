@@ -129,6 +129,16 @@ func TestKeys(t *testing.T) {
 	if derived != v1 {
 		t.Fatalf("VerifierKeyFor = %q, want %q", derived, v1)
 	}
+	// Many keys, so that some base64 encodings contain '+' and '/'.
+	for range 200 {
+		skey, vkey, err := GenerateKey(rand.Reader, "tvd.example/log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := VerifierKeyFor(skey); err != nil || got != vkey {
+			t.Fatalf("VerifierKeyFor(%q) = %q, %v; want %q", skey, got, err, vkey)
+		}
+	}
 	if _, _, err := KeyFromSeed("x", seed[:31]); err == nil {
 		t.Fatal("accepted a short seed")
 	}
