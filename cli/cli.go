@@ -19,8 +19,10 @@ type ExitError struct{ Code int }
 func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
 
 // Main runs the command line with args and returns the process exit status.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// extra adds commands that the main package wires (the daemons).
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, extra ...*cobra.Command) int {
 	root := NewRoot()
+	root.AddCommand(extra...)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -51,9 +53,10 @@ and reacts to violations; a tamper-evident log records what happened.`,
 	}
 	var c conn
 	c.addFlags(root)
+	root.PersistentFlags().Lookup("controller").Usage = "controller `URL` for admin commands; default $TVD_CONTROLLER, else the one in the credentials"
 	pol := newPolicyCmd()
 	pol.AddCommand(policyApplyCmd(&c), policyHistoryCmd(&c))
-	root.AddCommand(pol, newControllerCmd(), newAgentCmd(), newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c),
+	root.AddCommand(pol, newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c),
 		newAdminCmd(&c), newRevokeCmd(&c), newAuditCmd(&c))
 	return root
 }

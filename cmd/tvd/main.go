@@ -1,5 +1,7 @@
 // Command tvd is the single binary of Trusted Virtual Domains: the domain
-// controller, the node agent, the policy tools and the admin CLI.
+// controller, the node agent, the policy tools and the admin CLI. It is the
+// one place that wires the daemons (controller, agent) to their drivers;
+// every other command lives in package cli.
 package main
 
 import (
@@ -13,7 +15,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr, newControllerCmd(), newAgentCmd())
 	stop()
 	os.Exit(code)
 }

@@ -1,6 +1,7 @@
-package cli
+package main
 
 import (
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,9 +12,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tvd-dev/tvd/agent"
+	"github.com/tvd-dev/tvd/attest/tpm"
 	"github.com/tvd-dev/tvd/controller"
 	"github.com/tvd-dev/tvd/store"
 	"github.com/tvd-dev/tvd/store/bolt"
+	"github.com/tvd-dev/tvd/store/etcd"
 )
 
 func newLogger(cmd *cobra.Command, level string) (*slog.Logger, error) {
@@ -25,7 +28,7 @@ func newLogger(cmd *cobra.Command, level string) (*slog.Logger, error) {
 }
 
 func newControllerCmd() *cobra.Command {
-	var data, listen, storeURL, trustDomain, logLevel string
+	var data, listen, storeURL, trustDomain, logLevel, ekCA string
 	var hosts []string
 	var memberTTL time.Duration
 	cmd := &cobra.Command{
@@ -55,16 +58,34 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 				if err != nil {
 					return err
 				}
-			case strings.HasPrefix(storeURL, "etcd://"):
-				return fmt.Errorf("--store %s: the etcd backend is not wired into the controller yet; use the default bbolt store", storeURL)
+			case strings.HasPrefix(storeURL, etcd.Scheme+"://"):
+				cfg, err := etcd.ParseURL(storeURL)
+				if err != nil {
+					return fmt.Errorf("--store: %w", err)
+				}
+				cfg.Logger = log
+				if st, err = etcd.Open(cmd.Context(), cfg); err != nil {
+					return err
+				}
 			default:
-				return fmt.Errorf("--store %q: want bolt or etcd://HOST:PORT/PREFIX", storeURL)
+				return fmt.Errorf("--store %q: want bolt or etcd://HOST:PORT[,HOST:PORT...]/PREFIX", storeURL)
 			}
 			defer st.Close()
+			var ekRoots *x509.CertPool
+			if ekCA != "" {
+				b, err := os.ReadFile(ekCA)
+				if err != nil {
+					return fmt.Errorf("--ek-ca: %w", err)
+				}
+				ekRoots = x509.NewCertPool()
+				if !ekRoots.AppendCertsFromPEM(b) {
+					return fmt.Errorf("--ek-ca %s: no PEM certificates in the file", ekCA)
+				}
+			}
 			ctx := cmd.Context()
 			c, err := controller.New(ctx, controller.Config{
 				DataDir: data, Store: st, Listen: listen, Hosts: hosts, TrustDomain: trustDomain,
-				MemberTTL: memberTTL, Logger: log, Out: cmd.OutOrStdout(),
+				MemberTTL: memberTTL, Logger: log, Out: cmd.OutOrStdout(), EKRoots: ekRoots,
 			})
 			if err != nil {
 				return err
@@ -76,7 +97,8 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 	f := cmd.Flags()
 	f.StringVar(&data, "data", "", "state `DIR`: store, keys, audit log, first admin credential")
 	f.StringVar(&listen, "listen", "127.0.0.1:7443", "`ADDR` to serve the API on")
-	f.StringVar(&storeURL, "store", "bolt", "state store: bolt (DATA/state.db)")
+	f.StringVar(&storeURL, "store", "bolt", "state store: bolt (DATA/state.db) or etcd://HOST:PORT[,HOST:PORT...]/PREFIX")
+	f.StringVar(&ekCA, "ek-ca", "", "PEM `FILE` of CAs trusted to certify TPM endorsement keys (TPM manufacturers, or the lab's swtpm CA)")
 	f.StringVar(&trustDomain, "trust-domain", controller.DefaultTrustDomain, "SPIFFE trust domain, fixed on first start")
 	f.StringSliceVar(&hosts, "host", nil, "extra `NAME` or address for the server certificate (repeatable)")
 	f.DurationVar(&memberTTL, "member-ttl", controller.DefaultMemberTTL, "lifetime of member certificates")
@@ -85,7 +107,7 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 }
 
 func newAgentCmd() *cobra.Command {
-	var ctrl, data, token, config, node, logLevel string
+	var ctrl, data, token, config, node, logLevel, tpmPath string
 	var every time.Duration
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -113,7 +135,16 @@ report continuously and renew member certificates while they are in good standin
 			if ctrl == "" {
 				ctrl = os.Getenv("TVD_CONTROLLER")
 			}
-			a, err := agent.New(cmd.Context(), agent.Config{Controller: ctrl, DataDir: data, JoinToken: token, Node: nc, Logger: log, ReportEvery: every})
+			cfg := agent.Config{Controller: ctrl, DataDir: data, JoinToken: token, Node: nc, Logger: log, ReportEvery: every}
+			if tpmPath != "" {
+				t, err := openTPM(tpmPath, log)
+				if err != nil {
+					return err
+				}
+				defer t.Close()
+				cfg.TPM = t
+			}
+			a, err := agent.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
@@ -127,6 +158,27 @@ report continuously and renew member certificates while they are in good standin
 	f.StringVar(&config, "config", "", "node configuration `FILE`: node name and EEs")
 	f.StringVar(&node, "node", "", "node `NAME` (default: from the config file, else the host name)")
 	f.DurationVar(&every, "report-every", 5*time.Second, "longest time between reports")
+	f.StringVar(&tpmPath, "tpm", "", "TPM to attest with: /dev/tpmrm0, unix:PATH or tcp:HOST:PORT (swtpm); empty: join token only (implicit assurance)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
+}
+
+// openTPM opens the TPM named by a --tpm value.
+func openTPM(spec string, log *slog.Logger) (*tpm.TPM, error) {
+	var t *tpm.TPM
+	var err error
+	switch {
+	case strings.HasPrefix(spec, "unix:"):
+		t, err = tpm.OpenSocket("unix", strings.TrimPrefix(spec, "unix:"), log)
+	case strings.HasPrefix(spec, "tcp:"):
+		t, err = tpm.OpenSocket("tcp", strings.TrimPrefix(spec, "tcp:"), log)
+	case strings.HasPrefix(spec, "/"):
+		t, err = tpm.OpenDevice(spec, log)
+	default:
+		return nil, fmt.Errorf("--tpm %q: want a device path, unix:PATH or tcp:HOST:PORT", spec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--tpm %s: %w", spec, err)
+	}
+	return t, nil
 }
