@@ -5,9 +5,10 @@ set -euo pipefail
 
 # Debian packages: swtpm (a real TPM 2.0 per lab node), busybox-static (the
 # EE base image), iproute2 (network namespaces), nftables (inspecting the
-# flow table by hand), tcpdump (underlay captures), gcc (cgo for the
-# in-process TPM simulator).
-pkgs=(swtpm swtpm-tools busybox-static iproute2 nftables tcpdump gcc libc6-dev)
+# flow table by hand), tcpdump (underlay captures), gcc and libssl-dev (cgo
+# for the in-process TPM simulator), etcd-server (the store's etcd backend
+# is tested against a real etcd).
+pkgs=(swtpm swtpm-tools busybox-static iproute2 nftables tcpdump gcc libc6-dev libssl-dev etcd-server)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -27,4 +28,9 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# etcd-server enables a system etcd on 127.0.0.1:2379; the tests start their
+# own on random ports and need none.
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null; then
+	systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
 echo "deps: done"
