@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -409,6 +410,28 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("members %d -> %d", membersBefore, n)
 			}
 		})
+	}
+
+	// A revoked node's certificate no longer opens any door.
+	pc3 := filepath.Join(env.Dir, "agents", "pc3", "node")
+	if _, err := env.Admin.Admin.Revoke(ctx, connect.NewRequest(&tvdv1.RevokeRequest{Target: &tvdv1.RevokeRequest_Node{Node: "pc3"}, Reason: "test"})); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := client.LoadDir(pc3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl3, err := client.Dial(creds, env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cl3.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: "pc3"}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), "not enrolled") {
+		t.Errorf("report from a revoked node: %v; want permission denied", err)
+	}
+	_, err = cl3.Agent.Report(ctx, connect.NewRequest(&tvdv1.ReportRequest{Node: "pc1"}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied || !strings.Contains(err.Error(), "may not act for node") {
+		t.Errorf("node pc3 acting for pc1: %v; want permission denied", err)
 	}
 
 	// EEs asking for unknown domains and roles are refused one by one, with
