@@ -1,0 +1,69 @@
+// Package dataplane is a node's data plane: it turns each plan the domain
+// controller sends (tvdv1.Plan) into the node's protected channels
+// (package channel: one WireGuard interface per domain) and its flow
+// enforcement (package flow/nft: one nftables table), and attaches the
+// node's local EEs to them. It implements agent.DataPlane.
+//
+// # Topology on one node
+//
+// Everything lives in the node's network namespace (Config.NodeNetNS):
+//
+//   - per domain D with overlay prefix P (DomainPeers.overlay_prefix), the
+//     node-side address G = the first host of P (e.g. 10.77.0.1; the
+//     controller never hands it to a member). The WireGuard interface
+//     channel.InterfaceName(D) carries G/32 and one peer per other node
+//     with members in D; the channel package routes each peer's allowed
+//     /32s over it. It listens on a UDP port that stays the domain's on
+//     this node (persisted in DataDir/channel/ports.json, allocated from
+//     Config.BasePort upwards).
+//   - per local member (an EE with an overlay address A in D) a veth pair:
+//     the node side VethName(ee) ("v" and 8 hex digits of the EE name's
+//     SHA-256) with G/32 and a /32 route to A; the EE side, EEInterface
+//     ("tvd0") in the EE's own namespace (Config.EENetNS), with A/32 and a
+//     default route via G (onlink). Every destination, in any domain or
+//     none, is thus routed to the node, where the nftables rules decide.
+//   - IPv4 forwarding (and IPv6 forwarding when a domain is IPv6) is
+//     switched on in the node namespace, and restored by Close.
+//   - the flow plan (flow.Plan) lists every member the plan's classes name,
+//     local ones with their veth, the quarantined ones, the controller
+//     addresses (Config.Controller), the veths as EE interfaces and the
+//     WireGuard interfaces as overlay interfaces. Replies are judged as the
+//     flow they answer (conntrack direction, see flow/nft), so the reply to
+//     an allowed flow passes and no separate "established" rule is needed.
+//
+// # Incremental updates
+//
+// Apply compares the plan with what it applied last: members that are new
+// or whose domain, role or address changed get a veth, members gone lose
+// theirs, peers are passed to the channel only when a domain's peer list
+// changed (and the channel itself updates wireguard-go incrementally), an
+// interface is opened for a new domain and closed when the node has no
+// more members there, and the flow plan goes to nft, which sends only the
+// changed set elements. Untouched interfaces keep their ifindex and the
+// nftables chains are never rebuilt.
+//
+// Order is chosen to fail closed: a removed member's veth is deleted before
+// the flow rules forget it; a new member's veth is created only after the
+// flow rules that judge it are in force, and not at all if they failed.
+//
+// # What it does not do
+//
+//   - Cross-domain traffic between two nodes: a packet is routed by its
+//     destination, so it leaves on the destination domain's interface with
+//     a source address of another domain, and the receiving WireGuard
+//     peer drops it (its allowed IPs are the sender's members of that
+//     domain only). Such flows fail closed. Gateways on one node (the case
+//     study's layout) and every intra-domain flow work. Carrying them would
+//     need source-domain routing and allowed IPs that span the peer node's
+//     domains, from the controller.
+//   - It does not resolve host names in peer endpoints (an endpoint must be
+//     "address:port"), does not choose the underlay address (Config.Underlay),
+//     and does not create EE namespaces (the EE driver does).
+//   - Traffic between an EE and the node itself is not filtered (flow/nft
+//     judges the forward hook only); the node answers ARP for G.
+//   - A quarantined EE may reach the controller addresses, but nothing
+//     translates its overlay source address: the controller host must route
+//     the overlay back to the node for the reply to arrive.
+//   - A member whose EE namespace is not known yet is attached on the next
+//     Apply; nothing retries in between.
+package dataplane

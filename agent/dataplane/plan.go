@@ -1,0 +1,296 @@
+package dataplane
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/channel"
+	"github.com/tvd-dev/tvd/flow"
+)
+
+// EEInterface is the name of the member's interface inside its EE.
+const EEInterface = "tvd0"
+
+// VethName returns the node-side interface name of an EE's veth pair: "v"
+// and the first 8 hex digits of the SHA-256 of the EE name (9 bytes, a
+// valid interface name for any EE name).
+func VethName(ee string) string {
+	sum := sha256.Sum256([]byte(ee))
+	return "v" + hex.EncodeToString(sum[:4])
+}
+
+// domainRE is what a domain name must look like to name files and keys:
+// the policy's names are lower-case; this is a little wider, never a path.
+var domainRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// memberSpec is one local member the plan asks the node to attach.
+type memberSpec struct {
+	EE, Domain, Role string
+	Addr             netip.Addr
+	Gateway          netip.Addr // the node-side address in the domain
+}
+
+// domainSpec is one domain the node takes part in.
+type domainSpec struct {
+	Name     string
+	Prefix   netip.Prefix
+	NodeAddr netip.Addr
+	Peers    []channel.Peer
+	raw      []*tvdv1.Peer
+	// Err is what is wrong with the domain's part of the plan; the domain
+	// is then not programmed (or left as it was).
+	Err error
+}
+
+// desired is a plan read and checked: what the node must look like.
+type desired struct {
+	Members map[string]memberSpec // by EE
+	Domains map[string]*domainSpec
+	// MemberErr holds, by domain, members that could not be taken.
+	MemberErr map[string][]error
+}
+
+// firstHost returns the first host address of p, the node side of every
+// EE link in the domain.
+func firstHost(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
+
+// readPlan checks the plan's members and peers. Problems confined to one
+// domain or one member are recorded there; readPlan fails only on a plan
+// it cannot read at all.
+func readPlan(p *tvdv1.Plan) (*desired, error) {
+	if p == nil {
+		return nil, errors.New("dataplane: no plan")
+	}
+	d := &desired{Members: map[string]memberSpec{}, Domains: map[string]*domainSpec{}, MemberErr: map[string][]error{}}
+	for _, dp := range p.GetPeers() {
+		name := dp.GetDomain()
+		if !domainRE.MatchString(name) {
+			return nil, fmt.Errorf("dataplane: plan peers: domain name %q: want 1 to 63 letters, digits, '.', '_' or '-'", name)
+		}
+		if _, dup := d.Domains[name]; dup {
+			return nil, fmt.Errorf("dataplane: plan peers: domain %q listed twice", name)
+		}
+		ds := &domainSpec{Name: name, raw: dp.GetPeers()}
+		d.Domains[name] = ds
+		pfx, err := netip.ParsePrefix(dp.GetOverlayPrefix())
+		if err != nil {
+			ds.Err = fmt.Errorf("overlay prefix %q: want CIDR notation such as 10.77.0.0/16", dp.GetOverlayPrefix())
+			continue
+		}
+		if pfx.Addr().Zone() != "" || pfx.Addr().Is4In6() {
+			ds.Err = fmt.Errorf("overlay prefix %s: want a plain IPv4 or IPv6 prefix", pfx)
+			continue
+		}
+		if pfx.Bits() > pfx.Addr().BitLen()-2 {
+			ds.Err = fmt.Errorf("overlay prefix %s: want room for the node address and members (at most /%d)", pfx, pfx.Addr().BitLen()-2)
+			continue
+		}
+		ds.Prefix = pfx.Masked()
+		ds.NodeAddr = firstHost(pfx)
+	}
+	local := map[netip.Addr]string{}
+	for i, m := range p.GetMembers() {
+		mm := m.GetMember()
+		ee, dom := mm.GetEe(), mm.GetDomain()
+		if m.GetOverlayAddress() == "" {
+			continue // the domain has no overlay: nothing to attach
+		}
+		fail := func(err error) { d.MemberErr[dom] = append(d.MemberErr[dom], fmt.Errorf("member %q: %w", ee, err)) }
+		if ee == "" {
+			return nil, fmt.Errorf("dataplane: plan member %d has no EE name", i)
+		}
+		if _, dup := d.Members[ee]; dup {
+			return nil, fmt.Errorf("dataplane: plan member %q listed twice", ee)
+		}
+		ds := d.Domains[dom]
+		if ds == nil {
+			if !domainRE.MatchString(dom) {
+				return nil, fmt.Errorf("dataplane: plan member %q: domain name %q: want 1 to 63 letters, digits, '.', '_' or '-'", ee, dom)
+			}
+			ds = &domainSpec{Name: dom, Err: errors.New("the plan gives no overlay prefix for the domain")}
+			d.Domains[dom] = ds
+			fail(ds.Err)
+			continue
+		}
+		if ds.Err != nil {
+			fail(ds.Err)
+			continue
+		}
+		a, err := netip.ParseAddr(m.GetOverlayAddress())
+		if err != nil || a.Zone() != "" {
+			fail(fmt.Errorf("overlay address %q: want a plain IP address", m.GetOverlayAddress()))
+			continue
+		}
+		a = a.Unmap()
+		if !ds.Prefix.Contains(a) || a == ds.NodeAddr || a == ds.Prefix.Addr() {
+			fail(fmt.Errorf("overlay address %s: want a host of %s other than the node address %s", a, ds.Prefix, ds.NodeAddr))
+			continue
+		}
+		if other, dup := local[a]; dup {
+			fail(fmt.Errorf("overlay address %s is also member %q's", a, other))
+			continue
+		}
+		local[a] = ee
+		d.Members[ee] = memberSpec{EE: ee, Domain: dom, Role: mm.GetRole(), Addr: a, Gateway: ds.NodeAddr}
+	}
+	for _, ds := range d.Domains {
+		if ds.Err != nil {
+			continue
+		}
+		peers, err := readPeers(ds, local)
+		if err != nil {
+			ds.Err = err
+			continue
+		}
+		ds.Peers = peers
+	}
+	return d, nil
+}
+
+// readPeers converts a domain's peers. Every allowed IP must lie inside
+// the domain's prefix and must not be a local member's or the node's
+// address: a peer could otherwise draw local traffic into the tunnel.
+func readPeers(ds *domainSpec, local map[netip.Addr]string) ([]channel.Peer, error) {
+	out := make([]channel.Peer, 0, len(ds.raw))
+	for _, p := range ds.raw {
+		var peer channel.Peer
+		k := p.GetWireguardPublicKey()
+		if len(k) != channel.KeyLen {
+			return nil, fmt.Errorf("peer %q: public key of %d bytes, want %d", p.GetNode(), len(k), channel.KeyLen)
+		}
+		copy(peer.PublicKey[:], k)
+		if ep := p.GetEndpoint(); ep != "" {
+			ap, err := netip.ParseAddrPort(ep)
+			if err != nil {
+				return nil, fmt.Errorf("peer %q: endpoint %q: want address:port", p.GetNode(), ep)
+			}
+			peer.Endpoint = ap
+		}
+		for _, s := range p.GetAllowedIps() {
+			pfx, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("peer %q: allowed IP %q: want CIDR notation", p.GetNode(), s)
+			}
+			pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()).Masked()
+			if pfx.Bits() < ds.Prefix.Bits() || !ds.Prefix.Contains(pfx.Addr()) {
+				return nil, fmt.Errorf("peer %q: allowed IP %s is outside the domain's prefix %s", p.GetNode(), pfx, ds.Prefix)
+			}
+			if pfx.Contains(ds.NodeAddr) {
+				return nil, fmt.Errorf("peer %q: allowed IP %s covers the node address %s", p.GetNode(), pfx, ds.NodeAddr)
+			}
+			for a, ee := range local {
+				if pfx.Contains(a) {
+					return nil, fmt.Errorf("peer %q: allowed IP %s covers local member %q", p.GetNode(), pfx, ee)
+				}
+			}
+			peer.AllowedIPs = append(peer.AllowedIPs, pfx)
+		}
+		out = append(out, peer)
+	}
+	return out, nil
+}
+
+// flowPlan builds the node's flow plan from the plan's classes and
+// quarantine, the local members and the interfaces. Addresses the matrix
+// cannot classify are left out (and so denied as non-members); they are
+// reported in the returned warnings.
+func flowPlan(p *tvdv1.Plan, m *flow.Matrix, d *desired, controllers []netip.Addr, overlay []string) (*flow.Plan, []string) {
+	fp := &flow.Plan{Matrix: m, Controllers: controllers, OverlayInterfaces: overlay}
+	var warn []string
+	byAddr := map[netip.Addr]bool{}
+	names := map[string]bool{}
+	ees := make([]string, 0, len(d.Members))
+	for ee := range d.Members {
+		ees = append(ees, ee)
+	}
+	sort.Strings(ees)
+	for _, ee := range ees {
+		ms := d.Members[ee]
+		iface := VethName(ee)
+		fp.EEInterfaces = append(fp.EEInterfaces, iface)
+		c, ok := m.Class(ms.Domain, ms.Role)
+		if !ok {
+			warn = append(warn, fmt.Sprintf("local member %q: class %s/%s is not in the flow matrix", ee, ms.Domain, ms.Role))
+			continue
+		}
+		fp.Members = append(fp.Members, flow.PlanMember{EE: ee, Class: c, Addrs: []netip.Addr{ms.Addr}, Iface: iface})
+		byAddr[ms.Addr] = true
+		names[ee] = true
+	}
+	// Remote members are named by address unless the quarantine names them.
+	qname := map[netip.Addr]string{}
+	for _, q := range p.GetQuarantine() {
+		for _, s := range q.GetAddresses() {
+			if a, err := netip.ParseAddr(s); err == nil {
+				qname[a.Unmap()] = q.GetMember().GetEe()
+			}
+		}
+	}
+	for _, cs := range p.GetFlow().GetClasses() {
+		c, ok := m.Class(cs.GetDomain(), cs.GetRole())
+		if !ok {
+			warn = append(warn, fmt.Sprintf("class %s/%s is not in the flow matrix", cs.GetDomain(), cs.GetRole()))
+			continue
+		}
+		for _, s := range cs.GetAddresses() {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+				warn = append(warn, fmt.Sprintf("class %s/%s: address %q is not a unicast IP address", cs.GetDomain(), cs.GetRole(), s))
+				continue
+			}
+			a = a.Unmap()
+			if byAddr[a] || slicesContains(controllers, a) {
+				continue
+			}
+			name := "@" + a.String()
+			if n, ok := qname[a]; ok && n != "" && !names[n] {
+				name = n
+			}
+			byAddr[a] = true
+			names[name] = true
+			fp.Members = append(fp.Members, flow.PlanMember{EE: name, Class: c, Addrs: []netip.Addr{a}})
+		}
+	}
+	for _, q := range p.GetQuarantine() {
+		for _, s := range q.GetAddresses() {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				continue
+			}
+			a = a.Unmap()
+			for _, pm := range fp.Members {
+				if pm.Addrs[0] == a {
+					fp.Quarantine = append(fp.Quarantine, pm.EE)
+				}
+			}
+		}
+	}
+	sort.Strings(fp.Quarantine)
+	fp.Quarantine = compactStrings(fp.Quarantine)
+	return fp, warn
+}
+
+func slicesContains(s []netip.Addr, a netip.Addr) bool {
+	for _, x := range s {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+func compactStrings(s []string) []string {
+	out := s[:0]
+	for i, x := range s {
+		if i == 0 || x != s[i-1] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
