@@ -364,6 +364,16 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 	if err := cg.attach(r.pid); err != nil {
 		return nil, err
 	}
+	// The namespace exists from clone on; name it before the workload can
+	// exit and take it away.
+	if d.cfg.NetNSDir != "" {
+		p, err := bindNetNS(d.cfg.NetNSDir, in.spec.Name, r.pid)
+		if err != nil {
+			return nil, err
+		}
+		r.netns = p
+		cleanups = append(cleanups, func() { unbindNetNS(p) })
+	}
 	cfg := &initConfig{Lower: in.lower, Upper: in.upper(), Work: in.work(), Root: in.root(),
 		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env}
 	if err := writeMsg(r.ctl, ctlMsg{Op: "config", Config: cfg}); err != nil {
@@ -385,13 +395,6 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 		return nil, fmt.Errorf("set up ee: %s", m.Error)
 	default:
 		return nil, fmt.Errorf("supervisor sent %q, want ready", m.Op)
-	}
-	if d.cfg.NetNSDir != "" {
-		p, err := bindNetNS(d.cfg.NetNSDir, in.spec.Name, r.pid)
-		if err != nil {
-			return nil, err
-		}
-		r.netns = p
 	}
 	go r.readLoop()
 	return r, nil
