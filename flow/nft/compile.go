@@ -23,8 +23,6 @@ const (
 	mapCls6    = "cls6"    // ipv6 -> class
 	setBind4   = "bind4"   // ifname . ipv4 -> class: a local EE's own addresses
 	setBind6   = "bind6"   // ifname . ipv6 -> class
-	setCtrl4   = "ctrl4"   // ipv4: controller addresses
-	setCtrl6   = "ctrl6"   // ipv6
 	setCross   = "cross"   // class . class: origin may cross to final's domain
 	mapVerdict = "verdict" // class . class -> jump to a verdict chain
 )
@@ -54,8 +52,6 @@ var setDefs = []setDef{
 	{name: mapCls6, key: nftables.TypeIP6Addr, data: &typeClass, order: binaryutil.BigEndian},
 	{name: setBind4, key: typeBind4, data: &typeClass, concat: true},
 	{name: setBind6, key: typeBind6, data: &typeClass, concat: true},
-	{name: setCtrl4, key: nftables.TypeIPAddr, order: binaryutil.BigEndian},
-	{name: setCtrl6, key: nftables.TypeIP6Addr, order: binaryutil.BigEndian},
 	{name: setCross, key: typeClassPair, concat: true, order: binaryutil.NativeEndian},
 	{name: mapVerdict, key: typeClassPair, data: &nftables.TypeVerdict, concat: true, order: binaryutil.NativeEndian},
 }
@@ -75,6 +71,7 @@ const (
 	chainNone         = "v-none"
 	chainViaDirect    = "v-via-direct"
 	chainQuarantine   = "v-quarantine"
+	chainController   = "v-controller"
 )
 
 // Counter names, as returned by Programmer.Counters.
@@ -105,6 +102,7 @@ var verdictChains = []struct {
 	{chainNone, CounterNone, false},
 	{chainViaDirect, CounterViaDirect, false},
 	{chainQuarantine, CounterQuarantine, false},
+	{chainController, CounterController, true},
 }
 
 // CounterNames lists every named counter of the table, in a stable order.
@@ -197,9 +195,9 @@ func compileGlobal(p *flow.Plan, st state) {
 	}
 	for _, c := range p.Controllers {
 		if c.Is4() {
-			st.put(setCtrl4, addrBytes(c), "")
+			st.put(mapCls4, addrBytes(c), controllerClass)
 		} else {
-			st.put(setCtrl6, addrBytes(c), "")
+			st.put(mapCls6, addrBytes(c), controllerClass)
 		}
 	}
 	m := p.Matrix
@@ -218,6 +216,13 @@ func compileGlobal(p *flow.Plan, st state) {
 		st.put(mapVerdict, c+quarantineClass, chainQuarantine)
 	}
 	st.put(mapVerdict, quarantineClass+quarantineClass, chainQuarantine)
+	// The controllers are reachable from every class, the quarantine
+	// included, and reach every class.
+	for s := -2; s < n; s++ {
+		c := classBytes(flow.ClassID(s))
+		st.put(mapVerdict, controllerClass+c, chainController)
+		st.put(mapVerdict, c+controllerClass, chainController)
+	}
 }
 
 // quarantineClass is the class value a quarantined member gets in the
@@ -225,6 +230,10 @@ func compileGlobal(p *flow.Plan, st state) {
 // with it on either side drops. It is no class of any matrix (ClassID is
 // a non-negative int32).
 var quarantineClass = classBytes(-1)
+
+// controllerClass is the class of the controller addresses in the address
+// maps: every verdict-map entry with it on either side accepts.
+var controllerClass = classBytes(-2)
 
 // compileMember adds one member's elements. Members' elements never
 // overlap: a validated plan gives each address and interface to one

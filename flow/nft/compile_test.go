@@ -38,12 +38,21 @@ func TestCompileMatchesDecide(t *testing.T) {
 		accept[v.chain] = v.accept
 	}
 	n := m.NumClasses()
-	if got := len(st[mapVerdict]); got != n*n+2*n+1 {
-		t.Fatalf("verdict map has %d entries, want %d (every class pair, and the quarantine class with each)", got, n*n+2*n+1)
+	// Every class pair; the quarantine class with each class and itself;
+	// the controller class with each of those and itself.
+	if want := n*n + 2*n + 1 + 2*(n+1) + 1; len(st[mapVerdict]) != want {
+		t.Fatalf("verdict map has %d entries, want %d", len(st[mapVerdict]), want)
 	}
 	for key, chain := range st[mapVerdict] {
-		if (key[:4] == quarantineClass || key[4:] == quarantineClass) && chain != chainQuarantine {
-			t.Errorf("quarantine entry %x goes to %s", key, chain)
+		switch {
+		case key[:4] == controllerClass || key[4:] == controllerClass:
+			if chain != chainController {
+				t.Errorf("controller entry %x goes to %s", key, chain)
+			}
+		case key[:4] == quarantineClass || key[4:] == quarantineClass:
+			if chain != chainQuarantine {
+				t.Errorf("quarantine entry %x goes to %s", key, chain)
+			}
 		}
 	}
 	for s := range n {
@@ -64,8 +73,8 @@ func TestCompileMatchesDecide(t *testing.T) {
 		}
 	}
 	want := map[string]int{
-		setScope: 7, setEEIfs: 6, setGwIfs: 2, mapIfCls: 6, mapCls4: 6, mapCls6: 6,
-		setBind4: 6, setBind6: 6, setCtrl4: 1, setCtrl6: 0,
+		setScope: 7, setEEIfs: 6, setGwIfs: 2, mapIfCls: 6, mapCls4: 7, mapCls6: 6,
+		setBind4: 6, setBind6: 6,
 	}
 	for set, n := range want {
 		if got := len(st[set]); got != n {

@@ -28,11 +28,13 @@
 //     local EE owns: one lookup both checks that the EE behind the
 //     interface owns the address and classifies it (the fast path for the
 //     common hop); gwifs: interfaces of local gateway EEs;
-//   - ctrl4/ctrl6: controller addresses.
 //
-// A quarantined member keeps its entries but with a reserved quarantine
-// class, and every verdict-map entry with the quarantine class on either
-// side drops (deny-quarantine): quarantine costs no extra rule.
+// Two reserved classes cost no extra rule either: a quarantined member
+// keeps its map entries but with the quarantine class, and every verdict
+// entry with it on either side drops (deny-quarantine); the controller
+// addresses are in cls4/cls6 with the controller class, and every verdict
+// entry with it on either side accepts (allow-controller), the quarantine
+// class included.
 //
 // # Semantics
 //
@@ -43,10 +45,10 @@
 // passes exactly when the flow it answers would pass now: a changed cell or
 // a removed member also cuts established flows.
 //
-//  1. Traffic from or to a controller address is accepted
-//     (allow-controller).
-//  2. Traffic from or to a quarantined EE (by address or, for a local EE,
-//     by its interface) is dropped: the quarantine class.
+//  1. Traffic from or to a quarantined EE (by address or, for a local EE,
+//     by its interface) is dropped, except with a controller address:
+//     both are reserved classes in the verdict map (see above).
+//  2. Traffic from or to a controller address is accepted.
 //  3. A local end whose EE does not own the packet's address on that end is
 //     either a gateway forwarding someone else's flow or a spoofer: if the
 //     EE is not a gateway the packet is dropped (deny-spoofed-source,

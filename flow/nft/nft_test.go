@@ -258,7 +258,7 @@ func TestIncrementalUpdate(t *testing.T) {
 	}
 	c := nsConn(t, l.nsPath())
 	before := ruleHandles(t, c, TableName)
-	if len(before[chainForward]) != 2 || len(before) < 10 {
+	if len(before[chainForward]) != 4 || len(before) < 10 {
 		t.Fatalf("unexpected rule set before the update: %v", before)
 	}
 	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))

@@ -33,16 +33,15 @@ type family struct {
 	srcOff, dstOff uint32
 	addrLen        uint32
 	cls, bind      string
-	ctrl           string
 	bindAddrReg    uint32 // the address after an interface name in reg1
 	bindAddrReg2   uint32 // the address after an interface name in reg2
 }
 
 var families = []family{
 	{name: "4", proto: unix.NFPROTO_IPV4, srcOff: 12, dstOff: 16, addrLen: 4,
-		cls: mapCls4, bind: setBind4, ctrl: setCtrl4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
+		cls: mapCls4, bind: setBind4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
 	{name: "6", proto: unix.NFPROTO_IPV6, srcOff: 8, dstOff: 24, addrLen: 16,
-		cls: mapCls6, bind: setBind6, ctrl: setCtrl6, bindAddrReg: reg2, bindAddrReg2: reg3},
+		cls: mapCls6, bind: setBind6, bindAddrReg: reg2, bindAddrReg2: reg3},
 }
 
 // side is one end of a hop as the rules see it: the interface the packet
@@ -139,25 +138,18 @@ type chainRules struct {
 func (p *Programmer) ruleset() []chainRules {
 	var out []chainRules
 
-	// Base chain: only traffic through an EE or overlay interface is ours.
-	out = append(out, chainRules{name: chainForward, rules: [][]expr.Any{
-		ex(loadIf(inSide, reg2), p.in(setScope, reg2, false), jump(expr.VerdictJump, chainCheck)),
-		ex(loadIf(outSide, reg2), p.in(setScope, reg2, false), jump(expr.VerdictJump, chainCheck)),
-	}})
-
-	var check [][]expr.Any
-	for _, f := range families {
-		check = append(check, cat(nfproto(f), ex(jump(expr.VerdictGoto, familyChain(f)))))
+	// Base chain: only traffic through an EE or overlay interface is ours;
+	// it goes to its family's chain.
+	var fwd [][]expr.Any
+	for _, s := range []side{inSide, outSide} {
+		for _, f := range families {
+			fwd = append(fwd, cat(ex(loadIf(s, reg2), p.in(setScope, reg2, false)), nfproto(f), ex(jump(expr.VerdictGoto, familyChain(f)))))
+		}
 	}
-	check = append(check, ex(counter(CounterNonMember), verdict(expr.VerdictDrop)))
-	out = append(out, chainRules{name: chainCheck, rules: check})
+	out = append(out, chainRules{name: chainForward, rules: fwd})
 
 	for _, f := range families {
 		var r [][]expr.Any
-		// The controllers are always reachable, even from quarantine.
-		for _, s := range []side{inSide, outSide} {
-			r = append(r, ex(loadAddr(f, s, reg2), p.in(f.ctrl, reg2, false), counter(CounterController), verdict(expr.VerdictAccept)))
-		}
 		r = append(r,
 			ex(&expr.Ct{Key: expr.CtKeyDIRECTION, Register: reg1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{ctDirReply}},
