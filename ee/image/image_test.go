@@ -342,3 +342,42 @@ func TestExtractRefusesEscapes(t *testing.T) {
 		})
 	}
 }
+
+// FuzzExtract feeds arbitrary archives (with a matching digest, as a
+// forged but correctly named snapshot would have) to Extract: it must
+// never panic and never write outside its target directory.
+func FuzzExtract(f *testing.F) {
+	dir := f.TempDir()
+	seed := filepath.Join(dir, "seed.tar")
+	writeTar(&testing.T{}, seed, []tarEntry{{name: "./", dir: true}, {name: "a/", dir: true}, {name: "a/b", body: "x"}, {name: "l", link: "a/b"}})
+	if b, err := os.ReadFile(seed); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		base := t.TempDir()
+		p := filepath.Join(base, "in.tar")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, err := HashFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(base, "out", "dst")
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		Extract(ee.Snapshot{Digest: d, Path: p}, dst)
+		ents, _ := os.ReadDir(filepath.Join(base, "out"))
+		for _, e := range ents {
+			if e.Name() != "dst" {
+				t.Fatalf("extract left %q beside its target", e.Name())
+			}
+		}
+		ents, _ = os.ReadDir(base)
+		if len(ents) != 2 {
+			t.Fatalf("extract wrote outside its target: %v", ents)
+		}
+	})
+}
