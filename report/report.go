@@ -188,7 +188,8 @@ type Summary struct {
 	// VerifiedShare is Verified/Cells (0 when there are no cells).
 	VerifiedShare float64 `json:"verifiedShare"`
 	// Weakest is the member with the most violated cells, then the most
-	// unknown ones; empty without members.
+	// unknown ones, then a violated verdict, then past its deadline; the
+	// first in role, EE order on a tie; empty without members.
 	Weakest string `json:"weakest,omitempty"`
 	// PastDeadline are the members with no verdict within the deadline.
 	PastDeadline []string `json:"pastDeadline,omitempty"`
@@ -297,8 +298,7 @@ func (r *Report) summarise(current uint64) {
 			weakest = j
 			continue
 		}
-		w := r.Members[weakest]
-		if m.Violated > w.Violated || (m.Violated == w.Violated && m.Unknown > w.Unknown) {
+		if weaker(m, r.Members[weakest]) {
 			weakest = j
 		}
 	}
@@ -310,6 +310,21 @@ func (r *Report) summarise(current uint64) {
 		s.PolicyVersions = append(s.PolicyVersions, VersionCount{Version: v, Members: n, Current: v == current})
 	}
 	sort.Slice(s.PolicyVersions, func(i, j int) bool { return s.PolicyVersions[i].Version > s.PolicyVersions[j].Version })
+}
+
+// weaker orders members for Summary.Weakest: more violated cells, then
+// more unknown cells, then a violated verdict, then past the deadline.
+func weaker(a, b MemberRow) bool {
+	if a.Violated != b.Violated {
+		return a.Violated > b.Violated
+	}
+	if a.Unknown != b.Unknown {
+		return a.Unknown > b.Unknown
+	}
+	if (a.Status == StatusViolated) != (b.Status == StatusViolated) {
+		return a.Status == StatusViolated
+	}
+	return a.PastDeadline && !b.PastDeadline
 }
 
 // checker decides cells.

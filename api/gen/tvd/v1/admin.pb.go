@@ -23,6 +23,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ReportFormat is how a compliance report is rendered.
+type ReportFormat int32
+
+const (
+	// The server's default: JSON.
+	ReportFormat_REPORT_FORMAT_UNSPECIFIED ReportFormat = 0
+	// JSON, the schema of package report's Report.
+	ReportFormat_REPORT_FORMAT_JSON ReportFormat = 1
+	// A plain-text table.
+	ReportFormat_REPORT_FORMAT_TEXT ReportFormat = 2
+	// A self-contained HTML document.
+	ReportFormat_REPORT_FORMAT_HTML ReportFormat = 3
+)
+
+// Enum value maps for ReportFormat.
+var (
+	ReportFormat_name = map[int32]string{
+		0: "REPORT_FORMAT_UNSPECIFIED",
+		1: "REPORT_FORMAT_JSON",
+		2: "REPORT_FORMAT_TEXT",
+		3: "REPORT_FORMAT_HTML",
+	}
+	ReportFormat_value = map[string]int32{
+		"REPORT_FORMAT_UNSPECIFIED": 0,
+		"REPORT_FORMAT_JSON":        1,
+		"REPORT_FORMAT_TEXT":        2,
+		"REPORT_FORMAT_HTML":        3,
+	}
+)
+
+func (x ReportFormat) Enum() *ReportFormat {
+	p := new(ReportFormat)
+	*p = x
+	return p
+}
+
+func (x ReportFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReportFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_tvd_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (ReportFormat) Type() protoreflect.EnumType {
+	return &file_tvd_v1_admin_proto_enumTypes[0]
+}
+
+func (x ReportFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReportFormat.Descriptor instead.
+func (ReportFormat) EnumDescriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // StatusRequest asks for the deployment's summary.
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1899,6 +1956,273 @@ func (x *AuditProofResponse) GetCheckpoint() *Checkpoint {
 	return nil
 }
 
+// ComplianceReportRequest asks for one domain's compliance report.
+type ComplianceReportRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain; required.
+	Domain string `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	// The rendering.
+	Format        ReportFormat `protobuf:"varint,2,opt,name=format,proto3,enum=tvd.v1.ReportFormat" json:"format,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComplianceReportRequest) Reset() {
+	*x = ComplianceReportRequest{}
+	mi := &file_tvd_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComplianceReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComplianceReportRequest) ProtoMessage() {}
+
+func (x *ComplianceReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComplianceReportRequest.ProtoReflect.Descriptor instead.
+func (*ComplianceReportRequest) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ComplianceReportRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *ComplianceReportRequest) GetFormat() ReportFormat {
+	if x != nil {
+		return x.Format
+	}
+	return ReportFormat_REPORT_FORMAT_UNSPECIFIED
+}
+
+// ComplianceReportResponse carries the rendered report and its headline
+// figures.
+type ComplianceReportResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The rendering of content.
+	Format ReportFormat `protobuf:"varint,1,opt,name=format,proto3,enum=tvd.v1.ReportFormat" json:"format,omitempty"`
+	// The rendered report.
+	Content []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// The MIME type of content.
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Verified cells over all statement x member cells (0 without members).
+	VerifiedShare float64 `protobuf:"fixed64,4,opt,name=verified_share,json=verifiedShare,proto3" json:"verified_share,omitempty"`
+	// Number of violated cells.
+	Violated uint32 `protobuf:"varint,5,opt,name=violated,proto3" json:"violated,omitempty"`
+	// Number of unknown cells.
+	Unknown uint32 `protobuf:"varint,6,opt,name=unknown,proto3" json:"unknown,omitempty"`
+	// The policy version the report was computed under.
+	PolicyVersion uint64 `protobuf:"varint,7,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComplianceReportResponse) Reset() {
+	*x = ComplianceReportResponse{}
+	mi := &file_tvd_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComplianceReportResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComplianceReportResponse) ProtoMessage() {}
+
+func (x *ComplianceReportResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComplianceReportResponse.ProtoReflect.Descriptor instead.
+func (*ComplianceReportResponse) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ComplianceReportResponse) GetFormat() ReportFormat {
+	if x != nil {
+		return x.Format
+	}
+	return ReportFormat_REPORT_FORMAT_UNSPECIFIED
+}
+
+func (x *ComplianceReportResponse) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *ComplianceReportResponse) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *ComplianceReportResponse) GetVerifiedShare() float64 {
+	if x != nil {
+		return x.VerifiedShare
+	}
+	return 0
+}
+
+func (x *ComplianceReportResponse) GetViolated() uint32 {
+	if x != nil {
+		return x.Violated
+	}
+	return 0
+}
+
+func (x *ComplianceReportResponse) GetUnknown() uint32 {
+	if x != nil {
+		return x.Unknown
+	}
+	return 0
+}
+
+func (x *ComplianceReportResponse) GetPolicyVersion() uint64 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+// CreateLoginTokenRequest asks for a dashboard login token.
+type CreateLoginTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long the token may be used to log in; the controller caps it at
+	// ten minutes. Default two minutes.
+	Ttl           *durationpb.Duration `protobuf:"bytes,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateLoginTokenRequest) Reset() {
+	*x = CreateLoginTokenRequest{}
+	mi := &file_tvd_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateLoginTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateLoginTokenRequest) ProtoMessage() {}
+
+func (x *CreateLoginTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateLoginTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateLoginTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateLoginTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// CreateLoginTokenResponse carries the token and the URL that uses it.
+type CreateLoginTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token, for /ui/login?token=TOKEN. It logs in once.
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The login URL on this controller.
+	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// When the token stops working.
+	Expires       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateLoginTokenResponse) Reset() {
+	*x = CreateLoginTokenResponse{}
+	mi := &file_tvd_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateLoginTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateLoginTokenResponse) ProtoMessage() {}
+
+func (x *CreateLoginTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateLoginTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateLoginTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateLoginTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateLoginTokenResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateLoginTokenResponse) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
+}
+
 var File_tvd_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tvd_v1_admin_proto_rawDesc = "" +
@@ -2040,7 +2364,29 @@ const file_tvd_v1_admin_proto_rawDesc = "" +
 	"\x11consistency_proof\x18\x04 \x03(\fR\x10consistencyProof\x122\n" +
 	"\n" +
 	"checkpoint\x18\x05 \x01(\v2\x12.tvd.v1.CheckpointR\n" +
-	"checkpoint2\xcc\x05\n" +
+	"checkpoint\"_\n" +
+	"\x17ComplianceReportRequest\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12,\n" +
+	"\x06format\x18\x02 \x01(\x0e2\x14.tvd.v1.ReportFormatR\x06format\"\x89\x02\n" +
+	"\x18ComplianceReportResponse\x12,\n" +
+	"\x06format\x18\x01 \x01(\x0e2\x14.tvd.v1.ReportFormatR\x06format\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12%\n" +
+	"\x0everified_share\x18\x04 \x01(\x01R\rverifiedShare\x12\x1a\n" +
+	"\bviolated\x18\x05 \x01(\rR\bviolated\x12\x18\n" +
+	"\aunknown\x18\x06 \x01(\rR\aunknown\x12%\n" +
+	"\x0epolicy_version\x18\a \x01(\x04R\rpolicyVersion\"F\n" +
+	"\x17CreateLoginTokenRequest\x12+\n" +
+	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"x\n" +
+	"\x18CreateLoginTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x124\n" +
+	"\aexpires\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires*u\n" +
+	"\fReportFormat\x12\x1d\n" +
+	"\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12REPORT_FORMAT_JSON\x10\x01\x12\x16\n" +
+	"\x12REPORT_FORMAT_TEXT\x10\x02\x12\x16\n" +
+	"\x12REPORT_FORMAT_HTML\x10\x032\xfa\x06\n" +
 	"\fAdminService\x127\n" +
 	"\x06Status\x12\x15.tvd.v1.StatusRequest\x1a\x16.tvd.v1.StatusResponse\x12@\n" +
 	"\tListNodes\x12\x18.tvd.v1.ListNodesRequest\x1a\x19.tvd.v1.ListNodesResponse\x12F\n" +
@@ -2052,7 +2398,9 @@ const file_tvd_v1_admin_proto_rawDesc = "" +
 	"\x06Revoke\x12\x15.tvd.v1.RevokeRequest\x1a\x16.tvd.v1.RevokeResponse\x12@\n" +
 	"\tAuditTail\x12\x18.tvd.v1.AuditTailRequest\x1a\x19.tvd.v1.AuditTailResponse\x12C\n" +
 	"\n" +
-	"AuditProof\x12\x19.tvd.v1.AuditProofRequest\x1a\x1a.tvd.v1.AuditProofResponseB-Z+github.com/tvd-dev/tvd/api/gen/tvd/v1;tvdv1b\x06proto3"
+	"AuditProof\x12\x19.tvd.v1.AuditProofRequest\x1a\x1a.tvd.v1.AuditProofResponse\x12U\n" +
+	"\x10ComplianceReport\x12\x1f.tvd.v1.ComplianceReportRequest\x1a .tvd.v1.ComplianceReportResponse\x12U\n" +
+	"\x10CreateLoginToken\x12\x1f.tvd.v1.CreateLoginTokenRequest\x1a .tvd.v1.CreateLoginTokenResponseB-Z+github.com/tvd-dev/tvd/api/gen/tvd/v1;tvdv1b\x06proto3"
 
 var (
 	file_tvd_v1_admin_proto_rawDescOnce sync.Once
@@ -2066,95 +2414,109 @@ func file_tvd_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tvd_v1_admin_proto_rawDescData
 }
 
-var file_tvd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_tvd_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_tvd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_tvd_v1_admin_proto_goTypes = []any{
-	(*StatusRequest)(nil),           // 0: tvd.v1.StatusRequest
-	(*DomainStatus)(nil),            // 1: tvd.v1.DomainStatus
-	(*StatusResponse)(nil),          // 2: tvd.v1.StatusResponse
-	(*ListNodesRequest)(nil),        // 3: tvd.v1.ListNodesRequest
-	(*Node)(nil),                    // 4: tvd.v1.Node
-	(*ListNodesResponse)(nil),       // 5: tvd.v1.ListNodesResponse
-	(*ListMembersRequest)(nil),      // 6: tvd.v1.ListMembersRequest
-	(*MemberInfo)(nil),              // 7: tvd.v1.MemberInfo
-	(*ListMembersResponse)(nil),     // 8: tvd.v1.ListMembersResponse
-	(*CreateJoinTokenRequest)(nil),  // 9: tvd.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 10: tvd.v1.CreateJoinTokenResponse
-	(*IssueAdminCertRequest)(nil),   // 11: tvd.v1.IssueAdminCertRequest
-	(*IssueAdminCertResponse)(nil),  // 12: tvd.v1.IssueAdminCertResponse
-	(*PolicyFile)(nil),              // 13: tvd.v1.PolicyFile
-	(*ApplyPolicyRequest)(nil),      // 14: tvd.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 15: tvd.v1.ApplyPolicyResponse
-	(*PolicyHistoryRequest)(nil),    // 16: tvd.v1.PolicyHistoryRequest
-	(*PolicyVersion)(nil),           // 17: tvd.v1.PolicyVersion
-	(*PolicyHistoryResponse)(nil),   // 18: tvd.v1.PolicyHistoryResponse
-	(*RevokeRequest)(nil),           // 19: tvd.v1.RevokeRequest
-	(*RevokeResponse)(nil),          // 20: tvd.v1.RevokeResponse
-	(*AuditEntry)(nil),              // 21: tvd.v1.AuditEntry
-	(*Checkpoint)(nil),              // 22: tvd.v1.Checkpoint
-	(*AuditTailRequest)(nil),        // 23: tvd.v1.AuditTailRequest
-	(*AuditTailResponse)(nil),       // 24: tvd.v1.AuditTailResponse
-	(*AuditProofRequest)(nil),       // 25: tvd.v1.AuditProofRequest
-	(*AuditProofResponse)(nil),      // 26: tvd.v1.AuditProofResponse
-	(*timestamppb.Timestamp)(nil),   // 27: google.protobuf.Timestamp
-	(Assurance)(0),                  // 28: tvd.v1.Assurance
-	(Status)(0),                     // 29: tvd.v1.Status
-	(*Member)(nil),                  // 30: tvd.v1.Member
-	(*Verdict)(nil),                 // 31: tvd.v1.Verdict
-	(*durationpb.Duration)(nil),     // 32: google.protobuf.Duration
+	(ReportFormat)(0),                // 0: tvd.v1.ReportFormat
+	(*StatusRequest)(nil),            // 1: tvd.v1.StatusRequest
+	(*DomainStatus)(nil),             // 2: tvd.v1.DomainStatus
+	(*StatusResponse)(nil),           // 3: tvd.v1.StatusResponse
+	(*ListNodesRequest)(nil),         // 4: tvd.v1.ListNodesRequest
+	(*Node)(nil),                     // 5: tvd.v1.Node
+	(*ListNodesResponse)(nil),        // 6: tvd.v1.ListNodesResponse
+	(*ListMembersRequest)(nil),       // 7: tvd.v1.ListMembersRequest
+	(*MemberInfo)(nil),               // 8: tvd.v1.MemberInfo
+	(*ListMembersResponse)(nil),      // 9: tvd.v1.ListMembersResponse
+	(*CreateJoinTokenRequest)(nil),   // 10: tvd.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 11: tvd.v1.CreateJoinTokenResponse
+	(*IssueAdminCertRequest)(nil),    // 12: tvd.v1.IssueAdminCertRequest
+	(*IssueAdminCertResponse)(nil),   // 13: tvd.v1.IssueAdminCertResponse
+	(*PolicyFile)(nil),               // 14: tvd.v1.PolicyFile
+	(*ApplyPolicyRequest)(nil),       // 15: tvd.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),      // 16: tvd.v1.ApplyPolicyResponse
+	(*PolicyHistoryRequest)(nil),     // 17: tvd.v1.PolicyHistoryRequest
+	(*PolicyVersion)(nil),            // 18: tvd.v1.PolicyVersion
+	(*PolicyHistoryResponse)(nil),    // 19: tvd.v1.PolicyHistoryResponse
+	(*RevokeRequest)(nil),            // 20: tvd.v1.RevokeRequest
+	(*RevokeResponse)(nil),           // 21: tvd.v1.RevokeResponse
+	(*AuditEntry)(nil),               // 22: tvd.v1.AuditEntry
+	(*Checkpoint)(nil),               // 23: tvd.v1.Checkpoint
+	(*AuditTailRequest)(nil),         // 24: tvd.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),        // 25: tvd.v1.AuditTailResponse
+	(*AuditProofRequest)(nil),        // 26: tvd.v1.AuditProofRequest
+	(*AuditProofResponse)(nil),       // 27: tvd.v1.AuditProofResponse
+	(*ComplianceReportRequest)(nil),  // 28: tvd.v1.ComplianceReportRequest
+	(*ComplianceReportResponse)(nil), // 29: tvd.v1.ComplianceReportResponse
+	(*CreateLoginTokenRequest)(nil),  // 30: tvd.v1.CreateLoginTokenRequest
+	(*CreateLoginTokenResponse)(nil), // 31: tvd.v1.CreateLoginTokenResponse
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(Assurance)(0),                   // 33: tvd.v1.Assurance
+	(Status)(0),                      // 34: tvd.v1.Status
+	(*Member)(nil),                   // 35: tvd.v1.Member
+	(*Verdict)(nil),                  // 36: tvd.v1.Verdict
+	(*durationpb.Duration)(nil),      // 37: google.protobuf.Duration
 }
 var file_tvd_v1_admin_proto_depIdxs = []int32{
-	1,  // 0: tvd.v1.StatusResponse.domains:type_name -> tvd.v1.DomainStatus
-	27, // 1: tvd.v1.StatusResponse.now:type_name -> google.protobuf.Timestamp
-	28, // 2: tvd.v1.Node.assurance:type_name -> tvd.v1.Assurance
-	27, // 3: tvd.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	27, // 4: tvd.v1.Node.last_report_at:type_name -> google.protobuf.Timestamp
-	27, // 5: tvd.v1.Node.last_verified_at:type_name -> google.protobuf.Timestamp
-	29, // 6: tvd.v1.Node.status:type_name -> tvd.v1.Status
-	4,  // 7: tvd.v1.ListNodesResponse.nodes:type_name -> tvd.v1.Node
-	30, // 8: tvd.v1.MemberInfo.member:type_name -> tvd.v1.Member
-	31, // 9: tvd.v1.MemberInfo.verdict:type_name -> tvd.v1.Verdict
-	27, // 10: tvd.v1.MemberInfo.cert_expires:type_name -> google.protobuf.Timestamp
-	7,  // 11: tvd.v1.ListMembersResponse.members:type_name -> tvd.v1.MemberInfo
-	32, // 12: tvd.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	27, // 13: tvd.v1.CreateJoinTokenResponse.expires:type_name -> google.protobuf.Timestamp
-	32, // 14: tvd.v1.IssueAdminCertRequest.ttl:type_name -> google.protobuf.Duration
-	27, // 15: tvd.v1.IssueAdminCertResponse.expires:type_name -> google.protobuf.Timestamp
-	13, // 16: tvd.v1.ApplyPolicyRequest.files:type_name -> tvd.v1.PolicyFile
-	27, // 17: tvd.v1.PolicyVersion.applied_at:type_name -> google.protobuf.Timestamp
-	17, // 18: tvd.v1.PolicyHistoryResponse.versions:type_name -> tvd.v1.PolicyVersion
-	30, // 19: tvd.v1.RevokeRequest.member:type_name -> tvd.v1.Member
-	27, // 20: tvd.v1.RevokeResponse.revoked_at:type_name -> google.protobuf.Timestamp
-	30, // 21: tvd.v1.RevokeResponse.members:type_name -> tvd.v1.Member
-	27, // 22: tvd.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	21, // 23: tvd.v1.AuditTailResponse.entries:type_name -> tvd.v1.AuditEntry
-	22, // 24: tvd.v1.AuditTailResponse.checkpoint:type_name -> tvd.v1.Checkpoint
-	21, // 25: tvd.v1.AuditProofResponse.entry:type_name -> tvd.v1.AuditEntry
-	22, // 26: tvd.v1.AuditProofResponse.checkpoint:type_name -> tvd.v1.Checkpoint
-	0,  // 27: tvd.v1.AdminService.Status:input_type -> tvd.v1.StatusRequest
-	3,  // 28: tvd.v1.AdminService.ListNodes:input_type -> tvd.v1.ListNodesRequest
-	6,  // 29: tvd.v1.AdminService.ListMembers:input_type -> tvd.v1.ListMembersRequest
-	9,  // 30: tvd.v1.AdminService.CreateJoinToken:input_type -> tvd.v1.CreateJoinTokenRequest
-	11, // 31: tvd.v1.AdminService.IssueAdminCert:input_type -> tvd.v1.IssueAdminCertRequest
-	14, // 32: tvd.v1.AdminService.ApplyPolicy:input_type -> tvd.v1.ApplyPolicyRequest
-	16, // 33: tvd.v1.AdminService.PolicyHistory:input_type -> tvd.v1.PolicyHistoryRequest
-	19, // 34: tvd.v1.AdminService.Revoke:input_type -> tvd.v1.RevokeRequest
-	23, // 35: tvd.v1.AdminService.AuditTail:input_type -> tvd.v1.AuditTailRequest
-	25, // 36: tvd.v1.AdminService.AuditProof:input_type -> tvd.v1.AuditProofRequest
-	2,  // 37: tvd.v1.AdminService.Status:output_type -> tvd.v1.StatusResponse
-	5,  // 38: tvd.v1.AdminService.ListNodes:output_type -> tvd.v1.ListNodesResponse
-	8,  // 39: tvd.v1.AdminService.ListMembers:output_type -> tvd.v1.ListMembersResponse
-	10, // 40: tvd.v1.AdminService.CreateJoinToken:output_type -> tvd.v1.CreateJoinTokenResponse
-	12, // 41: tvd.v1.AdminService.IssueAdminCert:output_type -> tvd.v1.IssueAdminCertResponse
-	15, // 42: tvd.v1.AdminService.ApplyPolicy:output_type -> tvd.v1.ApplyPolicyResponse
-	18, // 43: tvd.v1.AdminService.PolicyHistory:output_type -> tvd.v1.PolicyHistoryResponse
-	20, // 44: tvd.v1.AdminService.Revoke:output_type -> tvd.v1.RevokeResponse
-	24, // 45: tvd.v1.AdminService.AuditTail:output_type -> tvd.v1.AuditTailResponse
-	26, // 46: tvd.v1.AdminService.AuditProof:output_type -> tvd.v1.AuditProofResponse
-	37, // [37:47] is the sub-list for method output_type
-	27, // [27:37] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	2,  // 0: tvd.v1.StatusResponse.domains:type_name -> tvd.v1.DomainStatus
+	32, // 1: tvd.v1.StatusResponse.now:type_name -> google.protobuf.Timestamp
+	33, // 2: tvd.v1.Node.assurance:type_name -> tvd.v1.Assurance
+	32, // 3: tvd.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	32, // 4: tvd.v1.Node.last_report_at:type_name -> google.protobuf.Timestamp
+	32, // 5: tvd.v1.Node.last_verified_at:type_name -> google.protobuf.Timestamp
+	34, // 6: tvd.v1.Node.status:type_name -> tvd.v1.Status
+	5,  // 7: tvd.v1.ListNodesResponse.nodes:type_name -> tvd.v1.Node
+	35, // 8: tvd.v1.MemberInfo.member:type_name -> tvd.v1.Member
+	36, // 9: tvd.v1.MemberInfo.verdict:type_name -> tvd.v1.Verdict
+	32, // 10: tvd.v1.MemberInfo.cert_expires:type_name -> google.protobuf.Timestamp
+	8,  // 11: tvd.v1.ListMembersResponse.members:type_name -> tvd.v1.MemberInfo
+	37, // 12: tvd.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	32, // 13: tvd.v1.CreateJoinTokenResponse.expires:type_name -> google.protobuf.Timestamp
+	37, // 14: tvd.v1.IssueAdminCertRequest.ttl:type_name -> google.protobuf.Duration
+	32, // 15: tvd.v1.IssueAdminCertResponse.expires:type_name -> google.protobuf.Timestamp
+	14, // 16: tvd.v1.ApplyPolicyRequest.files:type_name -> tvd.v1.PolicyFile
+	32, // 17: tvd.v1.PolicyVersion.applied_at:type_name -> google.protobuf.Timestamp
+	18, // 18: tvd.v1.PolicyHistoryResponse.versions:type_name -> tvd.v1.PolicyVersion
+	35, // 19: tvd.v1.RevokeRequest.member:type_name -> tvd.v1.Member
+	32, // 20: tvd.v1.RevokeResponse.revoked_at:type_name -> google.protobuf.Timestamp
+	35, // 21: tvd.v1.RevokeResponse.members:type_name -> tvd.v1.Member
+	32, // 22: tvd.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	22, // 23: tvd.v1.AuditTailResponse.entries:type_name -> tvd.v1.AuditEntry
+	23, // 24: tvd.v1.AuditTailResponse.checkpoint:type_name -> tvd.v1.Checkpoint
+	22, // 25: tvd.v1.AuditProofResponse.entry:type_name -> tvd.v1.AuditEntry
+	23, // 26: tvd.v1.AuditProofResponse.checkpoint:type_name -> tvd.v1.Checkpoint
+	0,  // 27: tvd.v1.ComplianceReportRequest.format:type_name -> tvd.v1.ReportFormat
+	0,  // 28: tvd.v1.ComplianceReportResponse.format:type_name -> tvd.v1.ReportFormat
+	37, // 29: tvd.v1.CreateLoginTokenRequest.ttl:type_name -> google.protobuf.Duration
+	32, // 30: tvd.v1.CreateLoginTokenResponse.expires:type_name -> google.protobuf.Timestamp
+	1,  // 31: tvd.v1.AdminService.Status:input_type -> tvd.v1.StatusRequest
+	4,  // 32: tvd.v1.AdminService.ListNodes:input_type -> tvd.v1.ListNodesRequest
+	7,  // 33: tvd.v1.AdminService.ListMembers:input_type -> tvd.v1.ListMembersRequest
+	10, // 34: tvd.v1.AdminService.CreateJoinToken:input_type -> tvd.v1.CreateJoinTokenRequest
+	12, // 35: tvd.v1.AdminService.IssueAdminCert:input_type -> tvd.v1.IssueAdminCertRequest
+	15, // 36: tvd.v1.AdminService.ApplyPolicy:input_type -> tvd.v1.ApplyPolicyRequest
+	17, // 37: tvd.v1.AdminService.PolicyHistory:input_type -> tvd.v1.PolicyHistoryRequest
+	20, // 38: tvd.v1.AdminService.Revoke:input_type -> tvd.v1.RevokeRequest
+	24, // 39: tvd.v1.AdminService.AuditTail:input_type -> tvd.v1.AuditTailRequest
+	26, // 40: tvd.v1.AdminService.AuditProof:input_type -> tvd.v1.AuditProofRequest
+	28, // 41: tvd.v1.AdminService.ComplianceReport:input_type -> tvd.v1.ComplianceReportRequest
+	30, // 42: tvd.v1.AdminService.CreateLoginToken:input_type -> tvd.v1.CreateLoginTokenRequest
+	3,  // 43: tvd.v1.AdminService.Status:output_type -> tvd.v1.StatusResponse
+	6,  // 44: tvd.v1.AdminService.ListNodes:output_type -> tvd.v1.ListNodesResponse
+	9,  // 45: tvd.v1.AdminService.ListMembers:output_type -> tvd.v1.ListMembersResponse
+	11, // 46: tvd.v1.AdminService.CreateJoinToken:output_type -> tvd.v1.CreateJoinTokenResponse
+	13, // 47: tvd.v1.AdminService.IssueAdminCert:output_type -> tvd.v1.IssueAdminCertResponse
+	16, // 48: tvd.v1.AdminService.ApplyPolicy:output_type -> tvd.v1.ApplyPolicyResponse
+	19, // 49: tvd.v1.AdminService.PolicyHistory:output_type -> tvd.v1.PolicyHistoryResponse
+	21, // 50: tvd.v1.AdminService.Revoke:output_type -> tvd.v1.RevokeResponse
+	25, // 51: tvd.v1.AdminService.AuditTail:output_type -> tvd.v1.AuditTailResponse
+	27, // 52: tvd.v1.AdminService.AuditProof:output_type -> tvd.v1.AuditProofResponse
+	29, // 53: tvd.v1.AdminService.ComplianceReport:output_type -> tvd.v1.ComplianceReportResponse
+	31, // 54: tvd.v1.AdminService.CreateLoginToken:output_type -> tvd.v1.CreateLoginTokenResponse
+	43, // [43:55] is the sub-list for method output_type
+	31, // [31:43] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_admin_proto_init() }
@@ -2172,13 +2534,14 @@ func file_tvd_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tvd_v1_admin_proto_rawDesc), len(file_tvd_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   27,
+			NumEnums:      1,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tvd_v1_admin_proto_goTypes,
 		DependencyIndexes: file_tvd_v1_admin_proto_depIdxs,
+		EnumInfos:         file_tvd_v1_admin_proto_enumTypes,
 		MessageInfos:      file_tvd_v1_admin_proto_msgTypes,
 	}.Build()
 	File_tvd_v1_admin_proto = out.File

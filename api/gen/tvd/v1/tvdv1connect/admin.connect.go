@@ -58,6 +58,12 @@ const (
 	AdminServiceAuditTailProcedure = "/tvd.v1.AdminService/AuditTail"
 	// AdminServiceAuditProofProcedure is the fully-qualified name of the AdminService's AuditProof RPC.
 	AdminServiceAuditProofProcedure = "/tvd.v1.AdminService/AuditProof"
+	// AdminServiceComplianceReportProcedure is the fully-qualified name of the AdminService's
+	// ComplianceReport RPC.
+	AdminServiceComplianceReportProcedure = "/tvd.v1.AdminService/ComplianceReport"
+	// AdminServiceCreateLoginTokenProcedure is the fully-qualified name of the AdminService's
+	// CreateLoginToken RPC.
+	AdminServiceCreateLoginTokenProcedure = "/tvd.v1.AdminService/CreateLoginToken"
 )
 
 // AdminServiceClient is a client for the tvd.v1.AdminService service.
@@ -83,6 +89,15 @@ type AdminServiceClient interface {
 	// AuditProof returns the inclusion proof of one entry and, optionally,
 	// a consistency proof between two tree sizes.
 	AuditProof(context.Context, *connect.Request[v1.AuditProofRequest]) (*connect.Response[v1.AuditProofResponse], error)
+	// ComplianceReport checks every statement of one domain for every member
+	// and returns verified, violated or unknown per cell with the evidence,
+	// the domain's figures, and what the report does not establish. An
+	// admin, or a domain-admin or auditor of the domain, may read it.
+	ComplianceReport(context.Context, *connect.Request[v1.ComplianceReportRequest]) (*connect.Response[v1.ComplianceReportResponse], error)
+	// CreateLoginToken mints a short-lived, single-use token that logs a
+	// browser into the dashboard (/ui/) as the caller, with the caller's
+	// role.
+	CreateLoginToken(context.Context, *connect.Request[v1.CreateLoginTokenRequest]) (*connect.Response[v1.CreateLoginTokenResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the tvd.v1.AdminService service. By default, it
@@ -156,21 +171,35 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("AuditProof")),
 			connect.WithClientOptions(opts...),
 		),
+		complianceReport: connect.NewClient[v1.ComplianceReportRequest, v1.ComplianceReportResponse](
+			httpClient,
+			baseURL+AdminServiceComplianceReportProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ComplianceReport")),
+			connect.WithClientOptions(opts...),
+		),
+		createLoginToken: connect.NewClient[v1.CreateLoginTokenRequest, v1.CreateLoginTokenResponse](
+			httpClient,
+			baseURL+AdminServiceCreateLoginTokenProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("CreateLoginToken")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	status          *connect.Client[v1.StatusRequest, v1.StatusResponse]
-	listNodes       *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
-	listMembers     *connect.Client[v1.ListMembersRequest, v1.ListMembersResponse]
-	createJoinToken *connect.Client[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse]
-	issueAdminCert  *connect.Client[v1.IssueAdminCertRequest, v1.IssueAdminCertResponse]
-	applyPolicy     *connect.Client[v1.ApplyPolicyRequest, v1.ApplyPolicyResponse]
-	policyHistory   *connect.Client[v1.PolicyHistoryRequest, v1.PolicyHistoryResponse]
-	revoke          *connect.Client[v1.RevokeRequest, v1.RevokeResponse]
-	auditTail       *connect.Client[v1.AuditTailRequest, v1.AuditTailResponse]
-	auditProof      *connect.Client[v1.AuditProofRequest, v1.AuditProofResponse]
+	status           *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	listNodes        *connect.Client[v1.ListNodesRequest, v1.ListNodesResponse]
+	listMembers      *connect.Client[v1.ListMembersRequest, v1.ListMembersResponse]
+	createJoinToken  *connect.Client[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse]
+	issueAdminCert   *connect.Client[v1.IssueAdminCertRequest, v1.IssueAdminCertResponse]
+	applyPolicy      *connect.Client[v1.ApplyPolicyRequest, v1.ApplyPolicyResponse]
+	policyHistory    *connect.Client[v1.PolicyHistoryRequest, v1.PolicyHistoryResponse]
+	revoke           *connect.Client[v1.RevokeRequest, v1.RevokeResponse]
+	auditTail        *connect.Client[v1.AuditTailRequest, v1.AuditTailResponse]
+	auditProof       *connect.Client[v1.AuditProofRequest, v1.AuditProofResponse]
+	complianceReport *connect.Client[v1.ComplianceReportRequest, v1.ComplianceReportResponse]
+	createLoginToken *connect.Client[v1.CreateLoginTokenRequest, v1.CreateLoginTokenResponse]
 }
 
 // Status calls tvd.v1.AdminService.Status.
@@ -223,6 +252,16 @@ func (c *adminServiceClient) AuditProof(ctx context.Context, req *connect.Reques
 	return c.auditProof.CallUnary(ctx, req)
 }
 
+// ComplianceReport calls tvd.v1.AdminService.ComplianceReport.
+func (c *adminServiceClient) ComplianceReport(ctx context.Context, req *connect.Request[v1.ComplianceReportRequest]) (*connect.Response[v1.ComplianceReportResponse], error) {
+	return c.complianceReport.CallUnary(ctx, req)
+}
+
+// CreateLoginToken calls tvd.v1.AdminService.CreateLoginToken.
+func (c *adminServiceClient) CreateLoginToken(ctx context.Context, req *connect.Request[v1.CreateLoginTokenRequest]) (*connect.Response[v1.CreateLoginTokenResponse], error) {
+	return c.createLoginToken.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the tvd.v1.AdminService service.
 type AdminServiceHandler interface {
 	// Status summarises the deployment (or the caller's domain).
@@ -246,6 +285,15 @@ type AdminServiceHandler interface {
 	// AuditProof returns the inclusion proof of one entry and, optionally,
 	// a consistency proof between two tree sizes.
 	AuditProof(context.Context, *connect.Request[v1.AuditProofRequest]) (*connect.Response[v1.AuditProofResponse], error)
+	// ComplianceReport checks every statement of one domain for every member
+	// and returns verified, violated or unknown per cell with the evidence,
+	// the domain's figures, and what the report does not establish. An
+	// admin, or a domain-admin or auditor of the domain, may read it.
+	ComplianceReport(context.Context, *connect.Request[v1.ComplianceReportRequest]) (*connect.Response[v1.ComplianceReportResponse], error)
+	// CreateLoginToken mints a short-lived, single-use token that logs a
+	// browser into the dashboard (/ui/) as the caller, with the caller's
+	// role.
+	CreateLoginToken(context.Context, *connect.Request[v1.CreateLoginTokenRequest]) (*connect.Response[v1.CreateLoginTokenResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -315,6 +363,18 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("AuditProof")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceComplianceReportHandler := connect.NewUnaryHandler(
+		AdminServiceComplianceReportProcedure,
+		svc.ComplianceReport,
+		connect.WithSchema(adminServiceMethods.ByName("ComplianceReport")),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceCreateLoginTokenHandler := connect.NewUnaryHandler(
+		AdminServiceCreateLoginTokenProcedure,
+		svc.CreateLoginToken,
+		connect.WithSchema(adminServiceMethods.ByName("CreateLoginToken")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/tvd.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceStatusProcedure:
@@ -337,6 +397,10 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceAuditTailHandler.ServeHTTP(w, r)
 		case AdminServiceAuditProofProcedure:
 			adminServiceAuditProofHandler.ServeHTTP(w, r)
+		case AdminServiceComplianceReportProcedure:
+			adminServiceComplianceReportHandler.ServeHTTP(w, r)
+		case AdminServiceCreateLoginTokenProcedure:
+			adminServiceCreateLoginTokenHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -384,4 +448,12 @@ func (UnimplementedAdminServiceHandler) AuditTail(context.Context, *connect.Requ
 
 func (UnimplementedAdminServiceHandler) AuditProof(context.Context, *connect.Request[v1.AuditProofRequest]) (*connect.Response[v1.AuditProofResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tvd.v1.AdminService.AuditProof is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ComplianceReport(context.Context, *connect.Request[v1.ComplianceReportRequest]) (*connect.Response[v1.ComplianceReportResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tvd.v1.AdminService.ComplianceReport is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) CreateLoginToken(context.Context, *connect.Request[v1.CreateLoginTokenRequest]) (*connect.Response[v1.CreateLoginTokenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("tvd.v1.AdminService.CreateLoginToken is not implemented"))
 }
