@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -224,21 +222,8 @@ func (c *Controller) violate(m *memberRec, reason string, now time.Time) []audit
 	return entries
 }
 
-// sortedKeys returns the keys of m in order.
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // ekSummary describes what the EK check established, for the node record.
 func ekSummary(e *attest.Enrollment) string {
 	id := e.EKIdentity()
-	s := fmt.Sprintf("%+v", id)
-	sum := sha256.Sum256([]byte(s))
-	_ = sum
-	return s
+	return fmt.Sprintf("%+v", id)
 }

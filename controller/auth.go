@@ -63,5 +63,3 @@ func requireAdmin(ctx context.Context) (ca.Identity, error) {
 	}
 	return cl.id, nil
 }
-
-func actor(id ca.Identity) string { return id.ID }

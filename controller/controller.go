@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/net/http2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tvd-dev/tvd/api/client"
@@ -298,9 +297,7 @@ func (c *Controller) Serve(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
-	if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
-		return fmt.Errorf("controller: http2: %w", err)
-	}
+	// HTTP/2 comes with the TLS listener: NextProtos offers h2.
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := srv.Serve(tls.NewListener(l, srv.TLSConfig))

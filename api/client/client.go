@@ -21,8 +21,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/tvd-dev/tvd/api/gen/tvd/v1/tvdv1connect"
 	"github.com/tvd-dev/tvd/ca"
 )
@@ -48,11 +46,14 @@ func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
 		host := u.Hostname()
 		tlsConf.ServerName = host
 	}
-	tr := &http2.Transport{
+	// HTTP/2 only: plan streams and reports share one connection, and
+	// pings find a dead controller within 20s.
+	tr := &http.Transport{
 		TLSClientConfig: tlsConf,
-		ReadIdleTimeout: 15 * time.Second,
-		PingTimeout:     5 * time.Second,
+		HTTP2:           &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
+		Protocols:       new(http.Protocols),
 	}
+	tr.Protocols.SetHTTP2(true)
 	hc := &http.Client{Transport: tr}
 	return &Client{
 		URL:   base,
