@@ -391,6 +391,9 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 	r.ctl.SetReadDeadline(time.Time{})
 	switch m.Op {
 	case "ready":
+		if !m.AllThreads {
+			d.log.DebugContext(ctx, "ee supervisor threads other than the spawner keep capabilities (cgo binary)", "ee", in.spec.Name)
+		}
 	case "error":
 		return nil, fmt.Errorf("set up ee: %s", m.Error)
 	default:

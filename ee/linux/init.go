@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,12 +38,13 @@ const initArg = "tvd-ee-init"
 // with nothing. It reaps orphans, forwards the driver's stop request to
 // the workload, and exits with the workload's status.
 //
-// What it does NOT do: the supervisor's other OS threads (Go runtime
-// threads) keep the capabilities the supervisor started with, since
-// per-thread credentials cannot be dropped for all threads of a cgo-linked
-// Go program. The supervisor is made non-dumpable (so EE processes cannot
-// ptrace it or read its memory), ignores signals from inside the EE, and
-// reads only from its control socket, which no EE process holds.
+// What it does NOT do, in a binary built with cgo: there the supervisor's
+// other OS threads (Go runtime threads) keep the capabilities it started
+// with, since the Go runtime cannot run a system call on every thread of a
+// cgo program. (Built with CGO_ENABLED=0, every thread drops them.) Either
+// way the supervisor is non-dumpable (EE processes cannot ptrace it or read
+// its memory), discards signals from inside the EE, and reads only from its
+// control socket, which no EE process holds.
 func Init() {
 	if len(os.Args) == 0 || os.Args[0] != initArg {
 		return
@@ -65,6 +67,8 @@ type ctlMsg struct {
 	Code  int      `json:"code,omitempty"`
 	Pid   int      `json:"pid,omitempty"`
 	Error string   `json:"error,omitempty"`
+	// ready: the supervisor dropped capabilities on all its threads.
+	AllThreads bool `json:"allThreads,omitempty"`
 }
 
 type initConfig struct {
@@ -194,7 +198,8 @@ func supervise() int {
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 		return fail(fmt.Errorf("set non-dumpable: %w", err))
 	}
-	if err := dropPrivileges(); err != nil {
+	allThreads, err := dropPrivileges()
+	if err != nil {
 		return fail(err)
 	}
 
@@ -209,7 +214,7 @@ func supervise() int {
 		return fail(fmt.Errorf("start workload: %w", err))
 	}
 	workloadDone := r.register(workload)
-	send(ctlMsg{Op: "ready", Pid: workload})
+	send(ctlMsg{Op: "ready", Pid: workload, AllThreads: allThreads})
 
 	spawns := make(chan spawnReq)
 	procs := map[int]int{} // exec id -> pid
@@ -506,15 +511,51 @@ const secureBits = 1<<0 | 1<<1 | // NOROOT, locked
 	1<<5 | // KEEP_CAPS off, locked
 	1<<6 | 1<<7 // NO_CAP_AMBIENT_RAISE, locked
 
-// dropPrivileges removes every capability from the calling thread and
-// everything it will start. The caller must hold the thread locked.
-func dropPrivileges() error {
-	if err := unix.Prctl(unix.PR_SET_SECUREBITS, secureBits, 0, 0, 0); err != nil {
-		return fmt.Errorf("set securebits: %w", err)
-	}
+// dropPrivileges removes every capability from the supervisor and
+// everything it will start. In a program without cgo it does so on every
+// OS thread at once and reports allThreads; with cgo (where the runtime
+// cannot run a system call on all threads) it does so on the calling,
+// locked thread only, from which all processes are then forked.
+func dropPrivileges() (allThreads bool, err error) {
 	last, err := lastCap()
 	if err != nil {
-		return err
+		return false, err
+	}
+	_, _, e := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, secureBits, 0, 0, 0, 0)
+	switch e {
+	case syscall.ENOTSUP:
+		return false, dropThreadPrivileges(last)
+	case 0:
+	default:
+		return false, fmt.Errorf("set securebits: %w", e)
+	}
+	for c := 0; c <= last; c++ {
+		if _, _, e := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0, 0); e != 0 {
+			return false, fmt.Errorf("drop capability %d from the bounding set: %w", c, e)
+		}
+	}
+	if _, _, e := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0); e != 0 {
+		return false, fmt.Errorf("clear ambient capabilities: %w", e)
+	}
+	if _, _, e := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0); e != 0 {
+		return false, fmt.Errorf("set no_new_privs: %w", e)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	_, _, e = syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	runtime.KeepAlive(&hdr)
+	runtime.KeepAlive(&data)
+	if e != 0 {
+		return false, fmt.Errorf("clear capabilities: %w", e)
+	}
+	return true, nil
+}
+
+// dropThreadPrivileges does what dropPrivileges does, for the calling
+// thread only. The caller must hold the thread locked.
+func dropThreadPrivileges(last int) error {
+	if err := unix.Prctl(unix.PR_SET_SECUREBITS, secureBits, 0, 0, 0); err != nil {
+		return fmt.Errorf("set securebits: %w", err)
 	}
 	for c := 0; c <= last; c++ {
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && err != unix.EINVAL {

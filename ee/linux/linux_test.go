@@ -213,6 +213,15 @@ func TestIsolation(t *testing.T) {
 			}
 		}
 		check("workload", waitFile(t, d, "iso-a", "status"))
+		if !cgoBinary {
+			// Without cgo the supervisor drops capabilities on every thread.
+			st, _ := d.Status(context.Background(), "iso-a")
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", st.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			check("supervisor", string(b))
+		}
 		check("exec", mustExec(t, d, "iso-a", "cat", "/proc/self/status"))
 		// A setuid-root binary gains nothing.
 		check("setuid binary", mustExec(t, d, "iso-a", "sh", "-c", "mkdir /tmp/s && cp /bin/busybox /tmp/s/busybox && chmod 4755 /tmp/s/busybox && /tmp/s/busybox cat /proc/self/status"))
