@@ -6,11 +6,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Registers. reg1 and reg2 are the 16-byte registers; reg32x01 is the
-// 32-bit register right after the first word of reg1, so a class looked up
-// into reg1 and another into reg32x01 form the 8-byte key "class . class";
-// reg32x04 is the first word of reg2, right after an interface name loaded
-// into reg1, for the "ifname . ipv4" key.
+// Registers. reg1..reg3 are 16-byte registers (32-bit words 0-3, 4-7,
+// 8-11); reg32xNN names word NN. A class looked up into reg1 (word 0) and
+// another into reg32x01 (word 1) form the 8-byte key "class . class" of the
+// verdict map. An "ifname . address" key is an interface name (16 bytes)
+// followed by the address: in reg1 then reg32x04 (IPv4) or reg2 (IPv6), or
+// in reg2 then reg32x08 (IPv4) or reg3 (IPv6).
 const (
 	regVerdict = unix.NFT_REG_VERDICT
 	reg1       = unix.NFT_REG_1
