@@ -4,7 +4,7 @@ export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
 GO ?= go
 TAGS ?= tpmsimulator
 BIN := bin/tvd
-FUZZTIME ?= 5s
+FUZZTIME ?= 3s
 STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: help deps build test demo bench lint fuzz generate refvalues clean
