@@ -113,6 +113,7 @@ type lab struct {
 	// The controller's view.
 	removed     map[string]bool
 	unrouted    map[netip.Addr]bool // destinations the nodes no longer route
+	noWarm      bool                // apply does not open sessions (remote nodes are simulated)
 	quarantined map[string]bool
 	nextAddr    map[string]netip.Addr
 }
@@ -504,7 +505,9 @@ func (l *lab) apply(nodes ...string) {
 			n.keys = got
 		}
 		if !changed {
-			l.warm(nodes)
+			if !l.noWarm {
+				l.warm(nodes)
+			}
 			return
 		}
 	}
