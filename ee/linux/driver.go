@@ -10,8 +10,12 @@
 // must call Init first in main; see Init for how the EE's first process
 // sets itself up.
 //
-// What the driver does NOT provide: a user namespace (EEs run as uid 0
-// without capabilities; Probe reports whether the host could have one), a
+// Where the host allows it, each EE also gets a user namespace (see
+// Config.NoUserNS); its mapping is the identity, so uid 0 inside is uid 0
+// for file ownership, and only the scoping of capabilities changes.
+//
+// What the driver does NOT provide: a user namespace mapped to an
+// unprivileged uid range (that needs id-mapped image layers), a
 // seccomp filter, a device cgroup (the EE's /dev holds only null, zero,
 // full, random, urandom and tty, and its root is mounted nodev), or any
 // network policy (that is the flow component's job, outside the EE).
@@ -51,6 +55,12 @@ type Config struct {
 	// NetNSDir, when set, gets a bind mount of each running EE's network
 	// namespace at NetNSDir/<name> (use /run/netns for ip-netns names).
 	NetNSDir string
+	// NoUserNS turns off the user namespace. By default, where the host
+	// allows user namespaces, each EE gets one with an identity mapping of
+	// all uids and gids: files keep their owners, but every capability
+	// held inside (the supervisor's) is scoped to the EE's own
+	// namespaces and means nothing to the host.
+	NoUserNS bool
 	// StopTimeout is the grace period between asking the workload to
 	// terminate and killing the EE. Default 2s.
 	StopTimeout time.Duration
@@ -113,8 +123,7 @@ func Probe() (HostInfo, error) {
 // HostInfo is what Probe found.
 type HostInfo struct {
 	Overlay bool
-	// UserNS reports that the host allows user namespaces. The driver does
-	// not use them yet; see the package comment.
+	// UserNS reports that the host allows user namespaces.
 	UserNS  bool
 	Cgroups CgroupLayout
 }
@@ -125,6 +134,8 @@ type Driver struct {
 	cfg    Config
 	layout CgroupLayout
 	log    *slog.Logger
+
+	userns bool // EEs get a user namespace
 
 	mu   sync.Mutex
 	ees  map[string]*instance
@@ -161,7 +172,8 @@ func New(cfg Config) (*Driver, error) {
 	if err := unix.Statfs(cfg.StateDir, &st); err == nil && st.Type == unix.OVERLAYFS_SUPER_MAGIC {
 		return nil, fmt.Errorf("linux ee driver: state dir %s is on overlayfs: want a plain file system for upper layers", cfg.StateDir)
 	}
-	return &Driver{cfg: cfg, layout: host.Cgroups, log: cfg.Logger, ees: map[string]*instance{}}, nil
+	return &Driver{cfg: cfg, layout: host.Cgroups, log: cfg.Logger, ees: map[string]*instance{},
+		userns: host.UserNS && !cfg.NoUserNS}, nil
 }
 
 // Layout reports where the driver puts each cgroup controller.
@@ -355,6 +367,12 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 			Pdeathsig: unix.SIGKILL,
 		},
 	}
+	if d.userns {
+		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWUSER
+		all := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
+		cmd.SysProcAttr.UidMappings = all
+		cmd.SysProcAttr.GidMappings = all
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
@@ -375,7 +393,7 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 		cleanups = append(cleanups, func() { unbindNetNS(p) })
 	}
 	cfg := &initConfig{Lower: in.lower, Upper: in.upper(), Work: in.work(), Root: in.root(),
-		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env}
+		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env, UserNS: d.userns}
 	if err := writeMsg(r.ctl, ctlMsg{Op: "config", Config: cfg}); err != nil {
 		return nil, fmt.Errorf("configure supervisor: %w", err)
 	}
@@ -653,6 +671,7 @@ func (d *Driver) Status(ctx context.Context, name string) (ee.Status, error) {
 	s := ee.Status{Name: name, State: in.state, Isolation: ee.IsolationStrong, ExitCode: in.exitCode,
 		StartedAt: in.startedAt, LogPath: in.logPath()}
 	if r := in.run; r != nil {
+		s.UserNS = d.userns
 		s.Pid = r.pid
 		s.Root = fmt.Sprintf("/proc/%d/root", r.pid)
 		s.NetNS = fmt.Sprintf("/proc/%d/ns/net", r.pid)

@@ -75,6 +75,7 @@ type initConfig struct {
 	Lower, Upper, Work, Root string
 	Hostname                 string
 	Command, Env             []string
+	UserNS                   bool // overlay must use user.* xattrs
 }
 
 const maxMsg = 1 << 20
@@ -403,6 +404,10 @@ func setupRoot(c *initConfig) error {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
 	opts := "lowerdir=" + c.Lower + ",upperdir=" + c.Upper + ",workdir=" + c.Work
+	if c.UserNS {
+		// trusted.* xattrs belong to the host's user namespace.
+		opts = "userxattr," + opts
+	}
 	if err := unix.Mount("overlay", c.Root, "overlay", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
 		return fmt.Errorf("mount overlay root (%s): %w", opts, err)
 	}

@@ -58,19 +58,23 @@ var parentSeq int
 
 // newDriver returns a driver with a unique cgroup parent, stopped and
 // cleaned up (cgroups, netns mounts, processes) when the test ends.
-func newDriver(t testing.TB) *Driver {
+func newDriver(t testing.TB) *Driver { return newDriverWith(t, func(*Config) {}) }
+
+func newDriverWith(t testing.TB, edit func(*Config)) *Driver {
 	t.Helper()
 	if _, err := Probe(); err != nil {
 		t.Skipf("linux ee driver unavailable here: %v", err)
 	}
 	parentSeq++
-	d, err := New(Config{
+	cfg := Config{
 		StateDir:     t.TempDir(),
 		CgroupParent: fmt.Sprintf("tvd-eetest-%d-%d", os.Getpid(), parentSeq),
 		NetNSDir:     t.TempDir(),
 		StopTimeout:  500 * time.Millisecond,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	edit(&cfg)
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +148,17 @@ func waitFile(t testing.TB, d *Driver, name, p string) string {
 
 func TestIsolation(t *testing.T) {
 	d := newDriver(t)
+	if !d.userns {
+		t.Log("host does not allow user namespaces: testing without")
+	}
+	testIsolation(t, d)
+}
+
+func TestIsolationWithoutUserNS(t *testing.T) {
+	testIsolation(t, newDriverWith(t, func(c *Config) { c.NoUserNS = true }))
+}
+
+func testIsolation(t *testing.T, d *Driver) {
 	startEE(t, d, ee.Spec{Name: "iso-a", Command: []string{"sh", "-c", "echo a > /secret-a; cat /proc/self/status > /status; exec sleep 1000"}})
 	startEE(t, d, ee.Spec{Name: "iso-b", Command: []string{"sh", "-c", "echo b > /secret-b; exec sleep 1000"}})
 	waitFile(t, d, "iso-a", "secret-a")
@@ -251,10 +266,15 @@ func TestIsolation(t *testing.T) {
 		if _, err := os.Stat(st.NetNS); err != nil || filepath.Dir(st.NetNS) != d.cfg.NetNSDir {
 			t.Errorf("netns %q: %v", st.NetNS, err)
 		}
-		host, _ := os.Readlink("/proc/self/ns/net")
-		inside, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", st.Pid))
-		if host == inside {
-			t.Error("ee shares the host network namespace")
+		for _, ns := range []string{"net", "mnt", "pid", "uts", "ipc", "user"} {
+			host, _ := os.Readlink("/proc/self/ns/" + ns)
+			inside, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", st.Pid, ns))
+			if shared := host == inside; shared != (ns == "user" && !d.userns) {
+				t.Errorf("%s namespace shared with the host: %v, user namespaces on: %v", ns, shared, d.userns)
+			}
+		}
+		if st.UserNS != d.userns {
+			t.Errorf("status says userns %v, driver %v", st.UserNS, d.userns)
 		}
 	})
 }
@@ -517,4 +537,11 @@ func TestLifecycleErrors(t *testing.T) {
 func TestConformance(t *testing.T) {
 	img := baseImage(t)
 	eetest.Run(t, func(t *testing.T) eetest.Driver { return newDriver(t) }, img)
+}
+
+func TestConformanceWithoutUserNS(t *testing.T) {
+	img := baseImage(t)
+	eetest.Run(t, func(t *testing.T) eetest.Driver {
+		return newDriverWith(t, func(c *Config) { c.NoUserNS = true })
+	}, img)
 }
