@@ -160,10 +160,16 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 	}
 	var global []error
 
-	// 1. Members gone or changed lose their link first.
+	// 1. Members gone or changed lose their link first. So does a link
+	// that vanished (its EE's namespace died with the EE) or whose EE now
+	// lives in another namespace (a restarted EE): it is attached anew
+	// below.
+	live := d.liveLinks()
 	for ee, at := range d.attached {
-		if ms, ok := want.Members[ee]; ok && ms == at.spec {
-			continue
+		if ms, ok := want.Members[ee]; ok && ms == at.spec && (live == nil || live[at.index] == at.name) {
+			if path, ok := d.cfg.EENetNS(ee); ok && path == at.path {
+				continue
+			}
 		}
 		if err := detach(d.nl, at); err != nil {
 			domErr[at.spec.Domain] = append(domErr[at.spec.Domain], fmt.Errorf("member %q: %w", ee, err))
@@ -282,6 +288,24 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 		all = append(all, global...)
 	}
 	return acks, d.keysLocked(), errors.Join(all...)
+}
+
+// liveLinks returns the node namespace's links by ifindex, or nil if they
+// cannot be listed (then every attachment is taken as alive).
+func (d *DataPlane) liveLinks() map[int]string {
+	if len(d.attached) == 0 {
+		return nil
+	}
+	ls, err := d.nl.LinkList()
+	if err != nil {
+		d.log.Warn("list links", "err", err)
+		return nil
+	}
+	out := make(map[int]string, len(ls))
+	for _, l := range ls {
+		out[l.Attrs().Index] = l.Attrs().Name
+	}
+	return out
 }
 
 func peersEqual(a, b []*tvdv1.Peer) bool {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
@@ -272,6 +273,58 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if _, _, err := n.dp.Apply(context.Background(), l.plan("a")); err == nil {
 		t.Error("Apply after Close: want an error")
 	}
+	// A new data plane on the same data directory (an agent restart)
+	// publishes the same keys and endpoints.
+	dp, err := New(n.dp.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	_, keys, err := dp.Apply(context.Background(), l.plan("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != len(n.keys) {
+		t.Fatalf("keys after restart %v, want %v", keys, n.keys)
+	}
+	for _, k := range keys {
+		if old := n.keys[k.Domain]; old == nil || !bytes.Equal(old.WireguardPublicKey, k.WireguardPublicKey) || old.Endpoint != k.Endpoint {
+			t.Errorf("domain %s after restart: key %v, was %v", k.Domain, k, old)
+		}
+	}
+}
+
+// TestReattach: an EE restarted in a new namespace (its old link died with
+// the old one) is attached again by the next Apply, even of the same plan.
+func TestReattach(t *testing.T) {
+	l := newLab(t)
+	l.addNode("a", 1)
+	dc := l.addEE("y-dc", "a", "yellow", "domain-controller")
+	gw := l.addEE("y-gw", "a", "yellow", "gateway")
+	l.apply()
+	l.checkPairs([]pair{{dc, gw}, {gw, dc}}, l.matrixSays)
+	old := l.links("a")[VethName(gw.name)]
+	// The EE restarts: a new namespace at a new path; the old one (and
+	// with it both ends of the veth) goes away.
+	gw.ln.Close()
+	gw.udp.Close()
+	ns, path := l.newNS("y-gw2")
+	oldNS := gw.ns
+	gw.ns, gw.path = ns, path
+	oldNS.Close()
+	if err := netns.DeleteNamed(l.prefix + "-y-gw"); err != nil {
+		t.Fatal(err)
+	}
+	l.listen(gw)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.links("a")[VethName(gw.name)] != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // the kernel frees the namespace asynchronously
+	}
+	l.apply()
+	if idx := l.links("a")[VethName(gw.name)]; idx == 0 || idx == old {
+		t.Fatalf("veth of the restarted EE: ifindex %d (was %d), want a new link", idx, old)
+	}
+	l.checkPairs([]pair{{dc, gw}, {gw, dc}}, l.matrixSays)
 }
 
 // TestAckReportsProblems: a member whose EE has no namespace yet, and a

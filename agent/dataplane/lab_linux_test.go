@@ -70,10 +70,17 @@ type labEE struct {
 	got  [][]byte           // UDP payloads received
 }
 
+// sawFrom reports whether e accepted a connection from a, waiting a little
+// for the accept loop (the dialer may learn of the connection first).
 func (e *labEE) sawFrom(a netip.Addr) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.seen[a] > 0
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		e.mu.Lock()
+		n := e.seen[a]
+		e.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			return n > 0
+		}
+	}
 }
 
 func (e *labEE) received(marker []byte) bool {
@@ -180,7 +187,7 @@ func (l *lab) newNS(short string) (netns.NsHandle, string) {
 	}
 	l.t.Cleanup(func() {
 		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
+		if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 			l.t.Errorf("delete namespace %s: %v", name, err)
 		}
 	})

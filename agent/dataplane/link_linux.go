@@ -89,6 +89,7 @@ type attachment struct {
 	spec  memberSpec
 	name  string // node side
 	index int    // node-side ifindex
+	path  string // the EE's namespace
 }
 
 // attach creates the member's veth pair between the node namespace (handle
@@ -136,7 +137,7 @@ func attach(nl *netlink.Handle, nodeNS netns.NsHandle, ms memberSpec, eePath str
 	if err != nil {
 		return nil, fmt.Errorf("find veth %s: %w", name, err)
 	}
-	at := &attachment{spec: ms, name: name, index: link.Attrs().Index}
+	at := &attachment{spec: ms, name: name, index: link.Attrs().Index, path: eePath}
 	if ms.Addr.Is4() {
 		// The node side owns the domain's node address, which a remote EE
 		// never uses: no reverse-path check is needed (flow/nft checks that
