@@ -235,7 +235,8 @@ func newCgroupSet(l CgroupLayout, parent string, lim ee.Limits) (cs *cgroupSet, 
 
 func (cs *cgroupSet) mkdirAll(base, rel string, v2 bool, enable []string) error {
 	cur := base
-	for _, part := range strings.Split(rel, "/") {
+	parts := strings.Split(rel, "/")
+	for i, part := range parts {
 		if v2 && len(enable) > 0 {
 			// Controllers must be enabled in every ancestor's
 			// subtree_control for a v2 child to use them.
@@ -250,6 +251,11 @@ func (cs *cgroupSet) mkdirAll(base, rel string, v2 bool, enable []string) error 
 		cur = filepath.Join(cur, part)
 		if err := os.Mkdir(cur, 0o755); err != nil {
 			if errors.Is(err, fs.ErrExist) {
+				if i == len(parts)-1 && !slices.Contains(cs.created, cur) {
+					// The EE's own cgroup, left by an agent that died:
+					// reuse it and remove it when this run ends.
+					cs.created = append(cs.created, cur)
+				}
 				continue
 			}
 			return fmt.Errorf("create cgroup: %w", err)

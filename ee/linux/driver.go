@@ -172,8 +172,49 @@ func New(cfg Config) (*Driver, error) {
 	if err := unix.Statfs(cfg.StateDir, &st); err == nil && st.Type == unix.OVERLAYFS_SUPER_MAGIC {
 		return nil, fmt.Errorf("linux ee driver: state dir %s is on overlayfs: want a plain file system for upper layers", cfg.StateDir)
 	}
-	return &Driver{cfg: cfg, layout: host.Cgroups, log: cfg.Logger, ees: map[string]*instance{},
-		userns: host.UserNS && !cfg.NoUserNS}, nil
+	d := &Driver{cfg: cfg, layout: host.Cgroups, log: cfg.Logger, ees: map[string]*instance{},
+		userns: host.UserNS && !cfg.NoUserNS}
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// load registers, as stopped, the EEs whose state an earlier driver left
+// in StateDir (their processes died with that driver's agent). An EE whose
+// spec or image no longer checks out is skipped with a warning.
+func (d *Driver) load() error {
+	ents, err := os.ReadDir(d.cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("linux ee driver: %w", err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !ee.ValidName(e.Name()) {
+			continue
+		}
+		dir := filepath.Join(d.cfg.StateDir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "spec.json"))
+		if err != nil {
+			continue
+		}
+		var spec ee.Spec
+		if err := json.Unmarshal(b, &spec); err != nil || spec.Validate() != nil || spec.Name != e.Name() {
+			d.log.Warn("ee state skipped: bad spec", "dir", dir, "err", err)
+			continue
+		}
+		im, err := image.Open(spec.Image)
+		if err != nil {
+			d.log.Warn("ee state skipped: image", "ee", spec.Name, "err", err)
+			continue
+		}
+		lower, err := filepath.Abs(im.RootFS())
+		if err != nil {
+			continue
+		}
+		d.ees[spec.Name] = &instance{spec: spec, dir: dir, lower: lower, digest: im.Digest, state: ee.StateStopped, exitCode: -1}
+		d.log.Info("ee state recovered", "ee", spec.Name, "image", im.Digest)
+	}
+	return nil
 }
 
 // Layout reports where the driver puts each cgroup controller.
@@ -426,6 +467,9 @@ func bindNetNS(dir, name string, pid int) (string, error) {
 		return "", fmt.Errorf("netns dir: %w", err)
 	}
 	p := filepath.Join(dir, name)
+	if err := unbindNetNS(p); err != nil { // left by an agent that died
+		return "", err
+	}
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
 	if err != nil {
 		return "", fmt.Errorf("netns file: %w", err)

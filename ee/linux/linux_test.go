@@ -545,3 +545,47 @@ func TestConformanceWithoutUserNS(t *testing.T) {
 		return newDriverWith(t, func(c *Config) { c.NoUserNS = true })
 	}, img)
 }
+
+// TestRecover checks that a new driver on the state directory of an
+// earlier one (an agent restart) finds the EE stopped and can run it again
+// with its writable state.
+func TestRecover(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	startEE(t, d, ee.Spec{Name: "rec", Command: []string{"sh", "-c", "echo $$ >> runs; exec sleep 1000"}})
+	waitFile(t, d, "rec", "runs")
+	d2 := newDriverWith(t, func(c *Config) {
+		c.StateDir = d.cfg.StateDir
+		c.NetNSDir = d.cfg.NetNSDir
+		c.CgroupParent = d.cfg.CgroupParent
+	})
+	// End the first driver's EE as the death of its agent would
+	// (Pdeathsig kills the supervisor).
+	in, _ := d.get("rec")
+	in.mu.Lock()
+	r := in.run
+	in.mu.Unlock()
+	r.cmd.Process.Kill()
+	<-r.done
+	st2, err := d2.Status(ctx, "rec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.State != ee.StateStopped {
+		t.Fatalf("recovered ee is %s, want stopped", st2.State)
+	}
+	if err := d2.Start(ctx, "rec"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := execOut(t, d2, "rec", "cat", "runs")
+		if strings.Count(out, "\n") == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("runs file after restart: %q, want two runs", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -87,7 +87,26 @@ func New(cfg Config) (*Driver, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("process ee driver: %w", err)
 	}
-	return &Driver{cfg: cfg, log: cfg.Logger, ees: map[string]*instance{}}, nil
+	d := &Driver{cfg: cfg, log: cfg.Logger, ees: map[string]*instance{}}
+	// EEs an earlier driver left in StateDir come back stopped.
+	ents, err := os.ReadDir(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("process ee driver: %w", err)
+	}
+	for _, e := range ents {
+		dir := filepath.Join(cfg.StateDir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "spec.json"))
+		if err != nil || !e.IsDir() {
+			continue
+		}
+		var spec ee.Spec
+		if err := json.Unmarshal(b, &spec); err != nil || spec.Validate() != nil || spec.Name != e.Name() {
+			d.log.Warn("ee state skipped: bad spec", "dir", dir, "err", err)
+			continue
+		}
+		d.ees[spec.Name] = &instance{spec: spec, dir: dir, state: ee.StateStopped, exitCode: -1}
+	}
+	return d, nil
 }
 
 type instance struct {

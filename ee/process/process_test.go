@@ -91,3 +91,22 @@ func TestWeakAndLimits(t *testing.T) {
 		t.Fatalf("status %+v: want weak isolation and no netns", st)
 	}
 }
+
+func TestRecover(t *testing.T) {
+	d := newDriver(t)
+	ctx := context.Background()
+	if err := d.Create(ctx, ee.Spec{Name: "rec", Image: baseImage(t), Command: []string{"sh", "-c", "echo run >> runs"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(ctx, "rec"); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := New(Config{StateDir: d.cfg.StateDir, Logger: d.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := d2.Status(ctx, "rec")
+	if err != nil || st.State != ee.StateStopped {
+		t.Fatalf("recovered ee: %+v %v, want stopped", st, err)
+	}
+}
