@@ -40,7 +40,6 @@ func enrolled(t testing.TB, listed [32]byte) (*attest.Verifier, *attest.NodeStat
 	return v, st, tp
 }
 
-
 func TestSoftTPMQuotesVerify(t *testing.T) {
 	listed := sha256.Sum256([]byte("listed"))
 	v, st, tp := enrolled(t, listed)
