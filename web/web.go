@@ -249,7 +249,16 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	h.cfg.Logger.InfoContext(r.Context(), "dashboard login", "viewer", v.ID, "role", v.Role.String())
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: h.cfg.Tokens.mintSession(v), Path: Prefix, MaxAge: int(SessionTTL / time.Second),
 		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
-	http.Redirect(w, r, Prefix, http.StatusSeeOther)
+	http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
+}
+
+// safeNext returns where to go after login: a dashboard path, never
+// another site.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, Prefix) || strings.ContainsAny(next, "\\\r\n") || strings.Contains(next, "//") {
+		return Prefix
+	}
+	return next
 }
 
 func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
