@@ -54,7 +54,9 @@ type Limits struct {
 	CPUMillis int64 `json:"cpuMillis,omitempty"`
 	// MemoryBytes caps the EE's memory (and swap, where the host can).
 	MemoryBytes int64 `json:"memoryBytes,omitempty"`
-	// Pids caps the number of processes and threads in the EE.
+	// Pids caps the number of processes and threads in the EE. A driver's
+	// own helper in the EE counts too (ee/linux's supervisor: about 8
+	// threads).
 	Pids int64 `json:"pids,omitempty"`
 }
 
