@@ -94,6 +94,10 @@ func (c *Controller) complianceReport(ctx context.Context, dom string) (*report.
 	if err != nil {
 		return nil, err
 	}
+	indexes, err := c.recentAuditIndexes(ctx, dom)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	comp := c.s.policy
@@ -104,12 +108,46 @@ func (c *Controller) complianceReport(ctx context.Context, dom string) (*report.
 		return nil, errNotFound("no domain %q in policy version %d", dom, c.s.polVer)
 	}
 	snap := c.reportSnapshot(comp, dom)
+	for i := range snap.Members {
+		m := &snap.Members[i]
+		m.AuditIndexes = indexes[tvd.Member{Domain: dom, Role: m.Role, EE: m.EE}.SPIFFEID(c.ca.TrustDomain())]
+	}
 	snap.Audit = &report.AuditState{Checkpoint: c.audit.log.Checkpoint(), VerifierKey: vk}
 	r, err := report.Build(comp, snap)
 	if err != nil {
 		return nil, fmt.Errorf("compliance report: %w", err)
 	}
 	return r, nil
+}
+
+// Bounds of the audit evidence a report cites: the entries about each
+// member among the latest reportAuditScan entries, at most
+// reportAuditPerMember of them.
+const (
+	reportAuditScan      = 5000
+	reportAuditPerMember = 5
+)
+
+// recentAuditIndexes returns, by subject (a member's SPIFFE ID), the
+// indexes of the domain's latest audit entries about it, ascending.
+func (c *Controller) recentAuditIndexes(ctx context.Context, dom string) (map[string][]uint64, error) {
+	lg := c.audit.log
+	size := lg.Size()
+	out := map[string][]uint64{}
+	for i := size; i > 0 && size-i < reportAuditScan; i-- {
+		e, err := lg.Entry(ctx, i-1)
+		if err != nil {
+			return nil, fmt.Errorf("audit entry %d: %w", i-1, err)
+		}
+		if e.Domain != dom || e.Subject == "" || len(out[e.Subject]) >= reportAuditPerMember {
+			continue
+		}
+		out[e.Subject] = append(out[e.Subject], i-1)
+	}
+	for _, idx := range out {
+		slices.Reverse(idx)
+	}
+	return out, nil
 }
 
 // auditVerifierKey reads the audit log's verifier key (written at start).

@@ -75,6 +75,9 @@ func TestComplianceReport(t *testing.T) {
 			t.Errorf("%s × %s = %s (%s), want %s with %q", c.statement, c.ee, got.Status, got.Evidence.Reason, c.want, c.reason)
 		}
 	}
+	if c := reportCell(t, r, "owned-by-customer", "red-client1"); len(c.Evidence.AuditIndexes) == 0 {
+		t.Errorf("red-client1's cells cite no audit entries (its admission is one)")
+	}
 	if r.Summary.Cells != 16 || r.Summary.Verified != 8 || len(r.Summary.PastDeadline) != 0 {
 		t.Errorf("red: %+v", r.Summary)
 	}

@@ -183,12 +183,6 @@ func NewHandler(cfg Config) (*Handler, error) {
 			}
 			return m, nil
 		},
-		"ago": func(t time.Time) string {
-			if t.IsZero() {
-				return ""
-			}
-			return cfg.Now().Sub(t).Round(time.Second).String() + " ago"
-		},
 	}).ParseFS(assets, "assets/*.tmpl")
 	if err != nil {
 		return nil, fmt.Errorf("web: templates: %w", err)
