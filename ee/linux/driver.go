@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -137,6 +138,13 @@ type Driver struct {
 
 	userns bool // EEs get a user namespace
 
+	// Supervisors are forked from one locked OS thread that lives as long
+	// as the driver: Pdeathsig fires when the forking thread exits, and a
+	// Go thread can exit under a caller that locked it.
+	spawn     chan spawnCmd
+	spawnDone chan struct{}
+	closeOnce sync.Once
+
 	mu   sync.Mutex
 	ees  map[string]*instance
 	cgMu sync.Mutex // cgroup parent creation and removal
@@ -177,7 +185,35 @@ func New(cfg Config) (*Driver, error) {
 	if err := d.load(); err != nil {
 		return nil, err
 	}
+	d.spawn, d.spawnDone = make(chan spawnCmd), make(chan struct{})
+	go d.spawner()
 	return d, nil
+}
+
+type spawnCmd struct {
+	cmd  *exec.Cmd
+	errc chan error
+}
+
+func (d *Driver) spawner() {
+	runtime.LockOSThread()
+	// Never unlocked: when Close ends this goroutine, its thread exits,
+	// and any EE still running dies with it (Pdeathsig).
+	defer close(d.spawnDone)
+	for req := range d.spawn {
+		req.errc <- req.cmd.Start()
+	}
+}
+
+func (d *Driver) startOnSpawner(cmd *exec.Cmd) (err error) {
+	defer func() {
+		if recover() != nil { // spawn channel closed
+			err = errors.New("driver closed")
+		}
+	}()
+	errc := make(chan error, 1)
+	d.spawn <- spawnCmd{cmd: cmd, errc: errc}
+	return <-errc
 }
 
 // load registers, as stopped, the EEs whose state an earlier driver left
@@ -414,7 +450,7 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 		cmd.SysProcAttr.UidMappings = all
 		cmd.SysProcAttr.GidMappings = all
 	}
-	if err := cmd.Start(); err != nil {
+	if err := d.startOnSpawner(cmd); err != nil {
 		return nil, fmt.Errorf("start supervisor: %w", err)
 	}
 	r.cmd, r.pid = cmd, cmd.Process.Pid
@@ -632,8 +668,9 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	return nil
 }
 
-// Close stops every EE the driver runs (their state stays on disk) and
-// removes the driver's cgroup parent where nothing else uses it.
+// Close stops every EE the driver runs (their state stays on disk),
+// removes the driver's cgroup parent where nothing else uses it, and
+// makes Start fail from then on.
 func (d *Driver) Close(ctx context.Context) error {
 	d.mu.Lock()
 	all := make([]*instance, 0, len(d.ees))
@@ -647,6 +684,10 @@ func (d *Driver) Close(ctx context.Context) error {
 		errs = append(errs, d.stop(ctx, in))
 		in.op.Unlock()
 	}
+	d.closeOnce.Do(func() {
+		close(d.spawn)
+		<-d.spawnDone
+	})
 	d.cgMu.Lock()
 	defer d.cgMu.Unlock()
 	parts := strings.Split(d.cfg.CgroupParent, "/")

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,36 @@ type Driver struct {
 
 	mu  sync.Mutex
 	ees map[string]*instance
+
+	// Workloads are forked from one locked OS thread that lives as long
+	// as the driver (Pdeathsig fires when the forking thread exits).
+	spawn     chan spawnCmd
+	spawnDone chan struct{}
+	closeOnce sync.Once
+}
+
+type spawnCmd struct {
+	cmd  *exec.Cmd
+	errc chan error
+}
+
+func (d *Driver) spawner() {
+	runtime.LockOSThread() // never unlocked; see Driver.spawn
+	defer close(d.spawnDone)
+	for req := range d.spawn {
+		req.errc <- req.cmd.Start()
+	}
+}
+
+func (d *Driver) startOnSpawner(cmd *exec.Cmd) (err error) {
+	defer func() {
+		if recover() != nil { // spawn channel closed
+			err = errors.New("driver closed")
+		}
+	}()
+	errc := make(chan error, 1)
+	d.spawn <- spawnCmd{cmd: cmd, errc: errc}
+	return <-errc
 }
 
 var (
@@ -106,6 +137,8 @@ func New(cfg Config) (*Driver, error) {
 		}
 		d.ees[spec.Name] = &instance{spec: spec, dir: dir, state: ee.StateStopped, exitCode: -1}
 	}
+	d.spawn, d.spawnDone = make(chan spawnCmd), make(chan struct{})
+	go d.spawner()
 	return d, nil
 }
 
@@ -292,7 +325,7 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 		Stdout: logf, Stderr: logf,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 	}
-	if err := cmd.Start(); err != nil {
+	if err := d.startOnSpawner(cmd); err != nil {
 		return fmt.Errorf("ee %s: start: %w", name, err)
 	}
 	done := make(chan struct{})
@@ -386,7 +419,7 @@ func (d *Driver) Destroy(ctx context.Context, name string) error {
 	return nil
 }
 
-// Close stops every EE (their state stays on disk).
+// Close stops every EE (their state stays on disk); Start fails after it.
 func (d *Driver) Close(ctx context.Context) error {
 	d.mu.Lock()
 	all := make([]*instance, 0, len(d.ees))
@@ -400,6 +433,10 @@ func (d *Driver) Close(ctx context.Context) error {
 		errs = append(errs, d.stop(ctx, in))
 		in.op.Unlock()
 	}
+	d.closeOnce.Do(func() {
+		close(d.spawn)
+		<-d.spawnDone
+	})
 	return errors.Join(errs...)
 }
 

@@ -105,6 +105,7 @@ func TestRecover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer d2.Close(ctx)
 	st, err := d2.Status(ctx, "rec")
 	if err != nil || st.State != ee.StateStopped {
 		t.Fatalf("recovered ee: %+v %v, want stopped", st, err)
