@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tvd-dev/tvd/ee"
+	"golang.org/x/sys/unix"
 )
 
 // The controllers an EE uses. "freezer" on cgroup v2 is the core
@@ -245,6 +246,9 @@ func (cs *cgroupSet) mkdirAll(base, rel string, v2 bool, enable []string) error 
 				b.WriteString("+" + c + " ")
 			}
 			if err := os.WriteFile(filepath.Join(cur, "cgroup.subtree_control"), []byte(strings.TrimSpace(b.String())), 0); err != nil {
+				if errors.Is(err, unix.EBUSY) {
+					return fmt.Errorf("enable cgroup controllers %v in %s: %w (cgroup v2 allows no processes in a cgroup that delegates controllers: run the agent in a leaf cgroup of a delegated subtree, e.g. systemd Delegate=yes)", enable, cur, err)
+				}
 				return fmt.Errorf("enable cgroup controllers %v in %s: %w", enable, cur, err)
 			}
 		}
