@@ -179,7 +179,22 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 		d.log.InfoContext(ctx, "EE detached", "ee", ee, "domain", at.spec.Domain, "address", at.spec.Addr)
 	}
 
-	// 2. Channels: open new domains, update changed peer lists.
+	// Domains the node has left close their interface.
+	for name, st := range d.domains {
+		if _, ok := want.Domains[name]; !ok {
+			d.closeDomain(ctx, st)
+		}
+	}
+
+	// 2. Flow rules, naming every interface this plan may bring up.
+	flowErr := d.applyFlow(ctx, p, want)
+	if flowErr != nil {
+		global = append(global, flowErr)
+	}
+
+	// 3. Channels: update changed peer lists (revocations go through even
+	// when the flow rules failed), open new domains (only under rules that
+	// judge their interface).
 	if err := d.forwarding(want); err != nil {
 		global = append(global, err)
 	}
@@ -195,6 +210,10 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 			st = nil
 		}
 		if st == nil {
+			if flowErr != nil {
+				domErr[name] = append(domErr[name], errors.New("channel not opened while the flow rules are not in force"))
+				continue
+			}
 			st, err = d.openDomain(ds)
 			if err != nil {
 				domErr[name] = append(domErr[name], err)
@@ -212,12 +231,6 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 			continue
 		}
 		st.raw, st.err = ds.raw, nil
-	}
-
-	// 3. Flow rules.
-	flowErr := d.applyFlow(ctx, p, want)
-	if flowErr != nil {
-		global = append(global, flowErr)
 	}
 
 	// 4. New members get their link, only under rules that judge it.
@@ -250,13 +263,6 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 		}
 		d.attached[ee] = at
 		d.log.InfoContext(ctx, "EE attached", "ee", ee, "domain", ms.Domain, "address", ms.Addr, "link", at.name)
-	}
-
-	// 5. Domains the node has left.
-	for name, st := range d.domains {
-		if _, ok := want.Domains[name]; !ok {
-			d.closeDomain(ctx, st)
-		}
 	}
 
 	// Acknowledgements and keys.
@@ -405,10 +411,17 @@ func (d *DataPlane) applyFlow(ctx context.Context, p *tvdv1.Plan, want *desired)
 		}
 		d.matrix, d.matrixID = m, fp.GetMatrixId()
 	}
-	overlay := make([]string, 0, len(want.Domains))
-	for name, ds := range want.Domains {
-		if ds.Err == nil {
-			overlay = append(overlay, channel.InterfaceName(name))
+	// Every overlay interface that exists or may exist is judged, including
+	// one kept open from an earlier plan while its domain's part of this
+	// plan is in error: an interface left out would not be filtered.
+	seen := map[string]bool{}
+	var overlay []string
+	for _, names := range [][]string{sortedKeys(want.Domains), sortedKeys(d.domains)} {
+		for _, name := range names {
+			if n := channel.InterfaceName(name); !seen[n] {
+				seen[n] = true
+				overlay = append(overlay, n)
+			}
 		}
 	}
 	sort.Strings(overlay)

@@ -485,3 +485,29 @@ func checkWireGuardOnly(t testing.TB, frames [][]byte, ports map[uint16]bool, ma
 	}
 	return transport
 }
+
+// TestFlowFailureFailsClosed: when the flow rules cannot be put in force,
+// no EE link or channel interface comes up unjudged; the next good plan
+// brings them up.
+func TestFlowFailureFailsClosed(t *testing.T) {
+	l := newLab(t)
+	n := l.addNode("a", 1)
+	l.addEE("y-dc", "a", "yellow", "domain-controller")
+	before := l.links("a")
+	p := l.plan("a")
+	p.Flow.MatrixId, p.Flow.Matrix = "sha256:broken", []byte(`{"domains":[{"name":"yellow","roles":["x","x"]}]}`)
+	acks, _, err := n.dp.Apply(context.Background(), p)
+	if err == nil {
+		t.Fatal("want an error for an undecodable matrix")
+	}
+	if len(acks) != 1 || acks[0].Channel != tvdv1.ChannelState_CHANNEL_STATE_FAILED || !bytes.Contains([]byte(acks[0].Error), []byte("flow")) {
+		t.Fatalf("acks %v: want yellow FAILED naming the flow rules", acks)
+	}
+	if after := l.links("a"); len(after) != len(before) {
+		t.Fatalf("links %v after a failed flow update, want none added to %v", after, before)
+	}
+	l.apply()
+	if _, ok := l.links("a")[VethName("y-dc")]; !ok {
+		t.Fatal("the next good plan did not attach the member")
+	}
+}

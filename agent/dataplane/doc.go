@@ -42,9 +42,11 @@
 // changed set elements. Untouched interfaces keep their ifindex and the
 // nftables chains are never rebuilt.
 //
-// Order is chosen to fail closed: a removed member's veth is deleted before
-// the flow rules forget it; a new member's veth is created only after the
-// flow rules that judge it are in force, and not at all if they failed.
+// Order is chosen to fail closed: a removed member's veth is deleted and a
+// left domain's interface closed before the flow rules forget them; a new
+// member's veth and a new domain's interface are created only after the
+// flow rules that judge them are in force, and not at all if those failed.
+// Peer removals (revocation) are applied even when the flow rules failed.
 //
 // # What it does not do
 //
