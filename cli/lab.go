@@ -1,0 +1,201 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tvd-dev/tvd/lab"
+)
+
+// NewLabCmd returns `tvd lab`: a whole deployment on one machine.
+func NewLabCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a whole TVD deployment on this machine: controller, nodes with swtpm, agents",
+		Long: `tvd lab builds a deployment on one Linux host from a scenario file: the
+controller runs on the host (10.250.0.1:7443 on the link tvdlab-host), and every
+node is a network namespace tvdlab-NODE on the underlay bridge tvdlab-br
+(10.250.0.0/24) with its own swtpm, whose EK certificate comes from a lab CA,
+and its own tvd agent attesting at assurance tpm. It needs root, swtpm and
+swtpm-tools, iproute2 and /dev/net/tun.
+
+All state and logs live in the lab directory: --dir, else $TVD_LAB_DIR, else
+` + lab.DefaultDir + `. LABDIR/lab.json records everything the lab created.`,
+	}
+	dir := lab.DirFromEnv()
+	cmd.PersistentFlags().StringVar(&dir, "dir", dir, "lab `DIR`: state and logs ($TVD_LAB_DIR)")
+	cmd.AddCommand(labUpCmd(&dir), labDownCmd(&dir), labStatusCmd(&dir), labExecCmd(&dir))
+	return cmd
+}
+
+func labUpCmd(dir *string) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "up SCENARIO",
+		Short: "Create the lab of a scenario and wait until every EE is a verified member",
+		Long: `Create the lab of SCENARIO (a scenario file, or a directory holding scenario.yaml):
+the underlay, one namespace per node, a swtpm per node with an EK certificate
+from the lab CA, the controller, the policy, the scenario's admin credentials
+and one agent per node. It returns when every EE is a verified member at
+assurance tpm; the lab keeps running until tvd lab down.`,
+		Example: `  tvd lab up examples/lab/outsourcing.yaml
+  export TVD_CREDS=/var/lib/tvd-lab/controller/admin
+  tvd members`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := lab.Up(cmd.Context(), args[0], lab.Config{Dir: *dir, Out: cmd.OutOrStdout(), Timeout: timeout})
+			return err
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for every EE to become a verified member")
+	return cmd
+}
+
+func labDownCmd(dir *string) *cobra.Command {
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Remove everything the lab made (also after a crashed up)",
+		Long: `Remove the lab: stop its agents, controller and swtpm processes (recorded in
+LABDIR/lab.json, or found by their command line naming LABDIR, or running in a
+tvdlab- namespace), delete every tvdlab- namespace and host link, and remove
+the files the lab wrote in LABDIR. Running it again does nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return lab.Down(cmd.Context(), *dir, keep, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "keep-files", false, "keep LABDIR's logs and state")
+	return cmd
+}
+
+func labOutput(cmd *cobra.Command) (bool, error) {
+	o := "table"
+	if f := cmd.Flags().Lookup("output"); f != nil {
+		o = f.Value.String()
+	}
+	switch o {
+	case "json":
+		return true, nil
+	case "table", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("-o %q: want table or json", o)
+}
+
+func since(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	d := now.Sub(*t).Round(100 * time.Millisecond)
+	if d < 0 {
+		d = 0
+	}
+	return d.String() + " ago"
+}
+
+func labStatusCmd(dir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the lab's nodes, EEs, membership, trust and the age of each last verdict",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			js, err := labOutput(cmd)
+			if err != nil {
+				return err
+			}
+			snap, err := lab.Status(cmd.Context(), *dir)
+			if err != nil {
+				return apiError(err)
+			}
+			w := cmd.OutOrStdout()
+			if js {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(snap)
+			}
+			now := snap.Taken
+			pol := "-"
+			if snap.Policy != nil {
+				pol = fmt.Sprint(snap.Policy.Version)
+			}
+			fmt.Fprintf(w, "lab %s in %s: %s, policy version %s, %d of %d EEs verified at assurance tpm\n\n", snap.Name, snap.Dir, snap.Phase, pol, snap.Verified, len(snap.EEs))
+			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY\tAGENT\tSWTPM\tTRUST\tSTATUS\tLAST VERIFIED\tLAST REPORT\tPLAN")
+			for _, n := range snap.Nodes {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", n.Name, n.Netns, n.Address, runWord(n.AgentRunning), runWord(n.TPMRunning),
+					n.Assurance, n.Status, since(n.LastVerified, now), since(n.LastReport, now), n.PlanApplied)
+			}
+			tw.Flush()
+			fmt.Fprintln(w)
+			tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "EE\tNODE\tDOMAIN/ROLE\tMEMBER\tSTATUS\tTRUST\tADDRESS\tLAST VERDICT\tREASON")
+			for _, e := range snap.EEs {
+				st := e.Status
+				if e.Quarantined {
+					st += ",quarantined"
+				}
+				if e.Frozen {
+					st += ",frozen"
+				}
+				addr := e.Address
+				if addr == "" {
+					addr = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.Node, e.Domain, e.Role, map[bool]string{true: "yes", false: "no"}[e.Member],
+					st, e.Assurance, addr, since(e.VerifiedAt, now), e.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func runWord(b bool) string {
+	if b {
+		return "running"
+	}
+	return "stopped"
+}
+
+func labExecCmd(dir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec NODE|EE -- CMD [ARGS...]",
+		Short: "Run a command inside a lab node (for an EE: in its node, until EEs are containers)",
+		Example: `  tvd lab exec pc1 -- ip -br addr
+  tvd lab exec red-client1 -- ping -c1 10.250.0.1`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := lab.LoadState(*dir)
+			if err != nil {
+				return err
+			}
+			t, err := st.Resolve(args[0])
+			if err != nil {
+				return err
+			}
+			if t.EE != "" && !t.Contained {
+				fmt.Fprintf(cmd.ErrOrStderr(), "tvd lab: EEs are not containers yet; running in %s's node %s (netns %s)\n", t.EE, t.Node, t.Netns)
+			}
+			c, err := t.Command(cmd.Context(), args[1:])
+			if err != nil {
+				return err
+			}
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if err := c.Run(); err != nil {
+				var ee *exec.ExitError
+				if errors.As(err, &ee) {
+					return &ExitError{Code: ee.ExitCode()}
+				}
+				return err
+			}
+			return nil
+		},
+	}
+}
