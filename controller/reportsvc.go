@@ -98,16 +98,20 @@ func (c *Controller) complianceReport(ctx context.Context, dom string) (*report.
 	if err != nil {
 		return nil, err
 	}
+	// The snapshot is taken under the lock; the report, which evaluates
+	// every requirement for every member, is built after it.
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	comp := c.s.policy
 	if comp == nil {
+		c.mu.Unlock()
 		return nil, errPrecondition("no policy has been applied yet")
 	}
 	if _, ok := comp.Domain(dom); !ok {
+		c.mu.Unlock()
 		return nil, errNotFound("no domain %q in policy version %d", dom, c.s.polVer)
 	}
 	snap := c.reportSnapshot(comp, dom)
+	c.mu.Unlock()
 	for i := range snap.Members {
 		m := &snap.Members[i]
 		m.AuditIndexes = indexes[tvd.Member{Domain: dom, Role: m.Role, EE: m.EE}.SPIFFEID(c.ca.TrustDomain())]
