@@ -134,3 +134,5 @@ func (r *recorder) waitMeasured(t *testing.T, what string, match func(measuremen
 }
 
 func digestOf(b []byte) [32]byte { return sha256.Sum256(b) }
+
+func hexString(d [32]byte) string { return fmt.Sprintf("%x", d[:]) }
