@@ -11,9 +11,13 @@ import (
 	"syscall"
 
 	"github.com/tvd-dev/tvd/cli"
+	"github.com/tvd-dev/tvd/ee/linux"
 )
 
 func main() {
+	// A strong EE's first process is this binary re-executed as the EE's
+	// supervisor; Init takes over in that case and never returns.
+	linux.Init()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr, newControllerCmd(), newAgentCmd())
 	stop()
