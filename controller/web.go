@@ -56,7 +56,20 @@ func (c *Controller) WebHandler() http.Handler {
 		// tests; this cannot fail at run time.
 		panic(err)
 	}
-	return c.identify(h)
+	return c.identifyOnce(h)
+}
+
+// identifyOnce identifies the caller unless a handler in front (the API
+// mux's) already did.
+func (c *Controller) identifyOnce(next http.Handler) http.Handler {
+	identified := c.identify(next)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, done := r.Context().Value(identityKey{}).(caller); done {
+			next.ServeHTTP(w, r)
+			return
+		}
+		identified.ServeHTTP(w, r)
+	})
 }
 
 // webSource gives the dashboard the controller's state, filtered by the
