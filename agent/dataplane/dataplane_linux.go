@@ -84,6 +84,7 @@ type DataPlane struct {
 	ns    netns.NsHandle
 	nl    *netlink.Handle
 	nft   *nft.Programmer
+	guard *guard
 	ports *portBook
 
 	mu       sync.Mutex
@@ -129,6 +130,9 @@ func New(cfg Config) (*DataPlane, error) {
 		return nil, fmt.Errorf("dataplane: netlink: %w", err)
 	}
 	if d.nft, err = nft.New(nft.Config{NetNSFd: int(d.ns), Logger: cfg.Logger}); err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	if d.guard, err = newGuard(int(d.ns)); err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
 	if d.ports, err = openPortBook(filepath.Join(cfg.DataDir, "channel", "ports.json"), cfg.BasePort); err != nil {
@@ -188,6 +192,18 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 
 	// 2. Flow rules, naming every interface this plan may bring up.
 	flowErr := d.applyFlow(ctx, p, want)
+	if flowErr == nil && (len(want.Members) > 0 || len(d.attached) > 0) {
+		ifs := make([]string, 0, len(want.Members)+len(d.attached))
+		for ee := range want.Members {
+			ifs = append(ifs, VethName(ee))
+		}
+		for ee := range d.attached {
+			if _, ok := want.Members[ee]; !ok {
+				ifs = append(ifs, VethName(ee))
+			}
+		}
+		flowErr = d.guard.sync(ifs)
+	}
 	if flowErr != nil {
 		global = append(global, flowErr)
 	}
@@ -392,6 +408,9 @@ func (d *DataPlane) closeDomain(ctx context.Context, st *domainState) {
 // members and no domains the table is removed.
 func (d *DataPlane) applyFlow(ctx context.Context, p *tvdv1.Plan, want *desired) error {
 	if len(want.Members) == 0 && len(want.Domains) == 0 {
+		if err := d.guard.remove(); err != nil {
+			return err
+		}
 		if d.flowOn {
 			if err := d.nft.Remove(); err != nil {
 				return fmt.Errorf("flow: %w", err)
@@ -495,6 +514,9 @@ func (d *DataPlane) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := d.guard.remove(); err != nil {
+		errs = append(errs, err)
+	}
 	for key, prev := range d.sysctls {
 		if _, err := sysctl(d.ns, key, prev); err != nil {
 			errs = append(errs, err)
@@ -512,6 +534,10 @@ func (d *DataPlane) release() error {
 	if d.nft != nil {
 		err = d.nft.Close()
 		d.nft = nil
+	}
+	if d.guard != nil {
+		d.guard.close()
+		d.guard = nil
 	}
 	if d.nl != nil {
 		d.nl.Close()

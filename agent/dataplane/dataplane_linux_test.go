@@ -62,6 +62,24 @@ func testMatrix(t *testing.T, l *lab) {
 		t.Fatalf("%d of %d pairs passed, %d cross-domain allowed: the scenario does not exercise the matrix", passed, len(pairs), cross)
 	}
 	t.Logf("%d of %d ordered pairs passed (%d cross-domain), as the matrix says", passed, len(pairs), cross)
+
+	// No EE reaches the node itself (its overlay gateway addresses, its
+	// underlay), local or remote; the controller host does.
+	na := l.nodes["a"]
+	node := &labEE{name: "node-a", ns: na.ns, addr: na.underlay}
+	l.listen(node)
+	ok, err := dial(l.ctl, na.underlay, 2*time.Second)
+	if err != nil || !ok {
+		t.Fatalf("controller host -> node a: %v %v", ok, err)
+	}
+	var toNode []pair
+	for _, dst := range []string{"10.254.0.1", "10.77.0.1", "10.78.0.1"} {
+		d := &labEE{name: "node-a/" + dst, addr: netip.MustParseAddr(dst)}
+		for _, src := range []string{"y-dc", "r-gw", "y-mc-b", "r-cl-c"} {
+			toNode = append(toNode, pair{l.ees[src], d})
+		}
+	}
+	l.checkPairs(toNode, func(pair) bool { return false })
 	// The drops were the flow rules' doing.
 	c, err := l.nodes["b"].dp.Counters()
 	if err != nil {
@@ -258,7 +276,7 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if got := len(l.links("a")); got != len(before)+4 {
 		t.Fatalf("after apply: %d links, want %d (two veths, two WireGuard interfaces)", got, len(before)+4)
 	}
-	if len(l.ruleHandles("a")) == 0 {
+	if len(l.ruleHandles("a")) == 0 || len(l.tableRules("a", NodeTable)) != 2 {
 		t.Fatal("no nftables rules after apply")
 	}
 	if err := n.dp.Close(); err != nil {
@@ -269,6 +287,9 @@ func TestCloseRemovesEverything(t *testing.T) {
 	}
 	if h := l.ruleHandles("a"); len(h) != 0 {
 		t.Errorf("after close: %d nftables rules left", len(h))
+	}
+	if h := l.tableRules("a", NodeTable); len(h) != 0 {
+		t.Errorf("after close: %d rules left in %s", len(h), NodeTable)
 	}
 	if _, _, err := n.dp.Apply(context.Background(), l.plan("a")); err == nil {
 		t.Error("Apply after Close: want an error")

@@ -719,20 +719,24 @@ func (l *lab) links(node string) map[string]int {
 
 // ruleHandles returns the handles of every rule of the tvd table in node's
 // namespace: a rebuilt table gets new handles.
-func (l *lab) ruleHandles(node string) []uint64 {
+func (l *lab) ruleHandles(node string) []uint64 { return l.tableRules(node, nft.TableName) }
+
+// tableRules returns the handles of every rule of an inet table in node's
+// namespace.
+func (l *lab) tableRules(node, table string) []uint64 {
 	l.t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(int(l.nodes[node].ns)))
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	tbl := &nftables.Table{Name: nft.TableName, Family: nftables.TableFamilyINet}
+	tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		l.t.Fatal(err)
 	}
 	var out []uint64
 	for _, ch := range chains {
-		if ch.Table.Name != nft.TableName {
+		if ch.Table.Name != table {
 			continue
 		}
 		rs, err := c.GetRules(tbl, ch)
