@@ -662,7 +662,7 @@ func Down(ctx context.Context, dir string, keepFiles bool, out io.Writer) error 
 		}
 		fmt.Fprintf(out, "removed link %s\n", l)
 	}
-	if !keepFiles && len(errs) == 0 {
+	if _, err := os.Stat(dir); err == nil && !keepFiles && len(errs) == 0 {
 		if err := removeFiles(dir); err != nil {
 			errs = append(errs, err)
 		} else {

@@ -1,0 +1,332 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tvdBin is the tvd binary built by TestMain: the lab runs the binary it is
+// part of, so the tests drive the real one.
+var tvdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tvdlab-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	tvdBin = filepath.Join(dir, "tvd")
+	if err := buildTVD(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// buildTVD builds ../cmd/tvd. While `tvd lab` is not yet registered in
+// cli.NewRoot, it builds it with an overlay of cli/cli.go that registers
+// it, so that the test runs the real main either way.
+func buildTVD(dir string) error {
+	if out, err := exec.Command("go", "build", "-o", tvdBin, "../cmd/tvd").CombinedOutput(); err != nil {
+		return fmt.Errorf("build tvd: %v\n%s", err, out)
+	}
+	if exec.Command(tvdBin, "lab", "--help").Run() == nil {
+		return nil
+	}
+	src, err := os.ReadFile("../cli/cli.go")
+	if err != nil {
+		return err
+	}
+	const anchor = "newAuditCmd(&c))"
+	if !bytes.Contains(src, []byte(anchor)) {
+		return fmt.Errorf("tvd lab is not registered in cli.NewRoot and cli/cli.go has no %q to register it after", anchor)
+	}
+	patched := filepath.Join(dir, "cli.go")
+	if err := os.WriteFile(patched, bytes.Replace(src, []byte(anchor), []byte("newAuditCmd(&c), NewLabCmd())"), 1), 0o600); err != nil {
+		return err
+	}
+	abs, _ := filepath.Abs("../cli/cli.go")
+	ov, _ := json.Marshal(map[string]map[string]string{"Replace": {abs: patched}})
+	overlay := filepath.Join(dir, "overlay.json")
+	if err := os.WriteFile(overlay, ov, 0o600); err != nil {
+		return err
+	}
+	if out, err := exec.Command("go", "build", "-overlay", overlay, "-o", tvdBin, "../cmd/tvd").CombinedOutput(); err != nil {
+		return fmt.Errorf("build tvd with tvd lab registered: %v\n%s", err, out)
+	}
+	fmt.Fprintln(os.Stderr, "lab test: tvd lab is not registered in cli.NewRoot yet; built with an overlay that registers it")
+	return nil
+}
+
+// needLab skips unless the host can run a lab and none is running.
+func needLab(t *testing.T) {
+	t.Helper()
+	if m := Preflight(); len(m) > 0 {
+		t.Skipf("the lab cannot run here: %v", (&PreflightError{Missing: m}).Error())
+	}
+	ns, err := LabNamespaces(context.Background())
+	if err != nil {
+		t.Skipf("ip netns list: %v", err)
+	}
+	if len(ns) > 0 {
+		t.Skipf("another lab is running on this host (%v); the lab's names are host-wide", ns)
+	}
+}
+
+func runTVD(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(tvdBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("tvd %s: %v\n%s%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+func mustTVD(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	out, err := runTVD(t, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// labDir returns a fresh lab directory, and makes sure the lab in it is
+// down when the test ends.
+func labDir(t *testing.T) string {
+	dir := filepath.Join(t.TempDir(), "lab")
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, log := range []string{"controller.log", "nodes/*/agent.log"} {
+				files, _ := filepath.Glob(filepath.Join(dir, log))
+				for _, f := range files {
+					t.Logf("--- %s:\n%s", f, tail(f, 30))
+				}
+			}
+		}
+		if out, err := runTVD(t, nil, "lab", "down", "--dir", dir); err != nil {
+			t.Errorf("cleanup: %v\n%s", err, out)
+		}
+	})
+	return dir
+}
+
+// checkGone checks that nothing of the lab in dir is left on the host.
+func checkGone(t *testing.T, dir string) {
+	t.Helper()
+	ctx := context.Background()
+	if ns, err := LabNamespaces(ctx); err != nil || len(ns) > 0 {
+		t.Errorf("namespaces left: %v %v", ns, err)
+	}
+	if links, err := LabLinks(ctx); err != nil || len(links) > 0 {
+		t.Errorf("links left: %v %v", links, err)
+	}
+	if pids, err := LabProcesses(dir); err != nil || len(pids) > 0 {
+		var cls []string
+		for _, p := range pids {
+			cls = append(cls, strings.Join(procCmdline(p), " "))
+		}
+		t.Errorf("processes left: %v %v", cls, err)
+	}
+	// swtpm and tvd processes by name, whatever their arguments.
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		cl := procCmdline(pid)
+		if len(cl) > 0 && (filepath.Base(cl[0]) == "swtpm" || cl[0] == tvdBin) && mentions(cl, dir) {
+			t.Errorf("process %d left: %v", pid, cl)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s left: %v", dir, err)
+	}
+}
+
+// upAndCheck brings a scenario's lab up and checks that every EE is a
+// verified member at assurance tpm, as tvd lab status (through the API
+// client) shows it.
+func upAndCheck(t *testing.T, scenario, dir string, wantEEs int) *Snapshot {
+	t.Helper()
+	start := time.Now()
+	out := mustTVD(t, nil, "lab", "up", scenario, "--dir", dir, "--timeout", "45s")
+	t.Logf("tvd lab up %s: %v", filepath.Base(scenario), time.Since(start).Round(100*time.Millisecond))
+	if !strings.Contains(out, "all verified members at assurance tpm") {
+		t.Errorf("up output:\n%s", out)
+	}
+	var snap Snapshot
+	if err := json.Unmarshal([]byte(mustTVD(t, nil, "lab", "status", "--dir", dir, "-o", "json")), &snap); err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.EEs) != wantEEs || snap.Verified != wantEEs || snap.Phase != "up" {
+		t.Errorf("status: %d EEs, %d verified, phase %s; want %d", len(snap.EEs), snap.Verified, snap.Phase, wantEEs)
+	}
+	for _, e := range snap.EEs {
+		if !e.Member || e.Status != "verified" || e.Assurance != "tpm" || e.Address == "" || e.VerifiedAt == nil {
+			t.Errorf("EE %+v is not a verified member at assurance tpm", e)
+		}
+	}
+	for _, n := range snap.Nodes {
+		if !n.AgentRunning || !n.TPMRunning || n.Assurance != "tpm" || n.Status != "verified" {
+			t.Errorf("node %+v", n)
+		}
+		if n.LastVerified == nil || time.Since(*n.LastVerified) > 10*time.Second {
+			t.Errorf("node %s: last verdict %v", n.Name, n.LastVerified)
+		}
+	}
+	return &snap
+}
+
+// TestOutsourcingLab brings case study 1 up on this machine, checks every
+// member, runs commands in a node and an EE, takes it down and checks that
+// nothing is left; a second down is a no-op.
+func TestOutsourcingLab(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	snap := upAndCheck(t, "../examples/lab/outsourcing.yaml", dir, 8)
+	table := mustTVD(t, nil, "lab", "status", "--dir", dir)
+	for _, want := range []string{"yellow-dc", "red-client2", "yellow/management-console", "8 of 8 EEs verified"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("status table lacks %q:\n%s", want, table)
+		}
+	}
+
+	// The same members through the admin CLI with the lab's credential.
+	st, err := LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members struct {
+		Members []struct {
+			Member  struct{ Ee string }
+			Node    string
+			Verdict struct{ Status string }
+		}
+	}
+	if err := json.Unmarshal([]byte(mustTVD(t, []string{"TVD_CREDS=" + st.Creds}, "members", "-o", "json")), &members); err != nil {
+		t.Fatal(err)
+	}
+	if len(members.Members) != len(snap.EEs) {
+		t.Errorf("tvd members lists %d, the lab %d", len(members.Members), len(snap.EEs))
+	}
+
+	// exec in a node runs in its namespace, on the underlay.
+	addrs := mustTVD(t, nil, "lab", "exec", "--dir", dir, "pc1", "--", "ip", "-br", "addr", "show", "eth0")
+	if !strings.Contains(addrs, "10.250.0.11/24") {
+		t.Errorf("pc1's eth0: %s", addrs)
+	}
+	if out, err := runTVD(t, nil, "lab", "exec", "--dir", dir, "red-client1", "--", "ip", "netns", "identify"); err != nil || strings.TrimSpace(out) != "tvdlab-pc1" {
+		t.Errorf("red-client1 runs in %q, want its node's netns tvdlab-pc1 (%v)", out, err)
+	}
+	if _, err := runTVD(t, nil, "lab", "exec", "--dir", dir, "pc2", "--", "sh", "-c", "exit 7"); err == nil || !strings.Contains(err.Error(), "exit status 7") {
+		t.Errorf("exit status not passed on: %v", err)
+	}
+	if _, err := runTVD(t, nil, "lab", "exec", "--dir", dir, "nope", "--", "true"); err == nil || !strings.Contains(err.Error(), `no node or EE "nope"`) {
+		t.Errorf("unknown target: %v", err)
+	}
+	// A second up refuses to start over a running lab.
+	if _, err := runTVD(t, nil, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Errorf("second up: %v", err)
+	}
+
+	start := time.Now()
+	out := mustTVD(t, nil, "lab", "down", "--dir", dir)
+	t.Logf("tvd lab down: %v", time.Since(start).Round(10*time.Millisecond))
+	for _, want := range []string{"stopped controller", "stopped agent/pc1", "stopped swtpm/mgmt", "removed netns tvdlab-ul", "removed netns tvdlab-pc2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("down output lacks %q:\n%s", want, out)
+		}
+	}
+	checkGone(t, dir)
+	if out := mustTVD(t, nil, "lab", "down", "--dir", dir); strings.TrimSpace(out) != "" {
+		t.Errorf("second down did something:\n%s", out)
+	}
+}
+
+// TestDownAfterCrashedUp kills `tvd lab up` with SIGKILL once the
+// controller runs, removes lab.json too, and checks that down still finds
+// and removes everything by name and command line.
+func TestDownAfterCrashedUp(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	cmd := exec.Command(tvdBin, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := LoadState(dir)
+		if err == nil && slices.ContainsFunc(st.Processes, func(p Process) bool { return p.Name == "controller" }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("the controller did not start:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if pids, _ := LabProcesses(dir); len(pids) == 0 {
+		t.Fatalf("no lab process survived the crash of up:\n%s", out.String())
+	}
+	if err := os.Remove(filepath.Join(dir, StateFile)); err != nil {
+		t.Fatal(err)
+	}
+	mustTVD(t, nil, "lab", "down", "--dir", dir)
+	checkGone(t, dir)
+}
+
+// TestPayrollLab brings case study 2 up and reads it as tMart's CIO, whose
+// auditor credential the scenario asks for.
+func TestPayrollLab(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	upAndCheck(t, "../examples/lab/payroll.yaml", dir, 12)
+	cio := filepath.Join(dir, "creds", "tmart-cio")
+	var members struct {
+		Members []struct {
+			Member  struct{ Domain, Ee string }
+			Verdict struct{ Status string }
+		}
+	}
+	if err := json.Unmarshal([]byte(mustTVD(t, []string{"TVD_CREDS=" + cio}, "members", "paychecks4tmart", "-o", "json")), &members); err != nil {
+		t.Fatal(err)
+	}
+	if len(members.Members) != 7 {
+		t.Errorf("the CIO sees %d paychecks4tmart members, want 7", len(members.Members))
+	}
+	for _, m := range members.Members {
+		if m.Member.Domain != "paychecks4tmart" || m.Verdict.Status != "STATUS_VERIFIED" {
+			t.Errorf("the CIO sees %+v", m)
+		}
+	}
+	// An auditor changes nothing.
+	if _, err := runTVD(t, []string{"TVD_CREDS=" + cio}, "admin", "token", "--node", "x"); err == nil {
+		t.Error("the auditor created a join token")
+	}
+	mustTVD(t, nil, "lab", "down", "--dir", dir)
+	checkGone(t, dir)
+}
