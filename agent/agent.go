@@ -336,6 +336,11 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 	if a.lost {
 		a.lost = false
 		a.log.Info("controller reachable again")
+		if a.cfg.DataPlane != nil && a.plan != nil {
+			if _, _, err := a.cfg.DataPlane.Apply(ctx, a.plan); err != nil {
+				a.log.Error("data plane", "err", err)
+			}
+		}
 	}
 	if n := p.GetNextNonce(); len(n) > 0 {
 		a.nonce = n
@@ -604,6 +609,13 @@ func (a *Agent) lossLoop(ctx context.Context) error {
 			a.lost = true
 			a.log.Warn("controller lost: keeping the last plan under the domains' rule",
 				"rule", a.plan.GetOnControllerLoss(), "plan_version", a.plan.GetVersion(), "last_contact", a.lastContact.UTC().Format(time.RFC3339))
+			if a.cfg.DataPlane != nil {
+				if d, err := degrade(a.plan); err != nil {
+					a.log.Error("controller-loss rule", "err", err)
+				} else if _, _, err := a.cfg.DataPlane.Apply(ctx, d); err != nil {
+					a.log.Error("controller-loss rule: data plane", "err", err)
+				}
+			}
 		}
 		a.mu.Unlock()
 	}
