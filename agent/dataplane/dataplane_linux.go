@@ -66,6 +66,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+var errClosed = errors.New("dataplane: closed")
+
 // domainState is an open channel interface.
 type domainState struct {
 	spec  *domainSpec
@@ -152,7 +154,7 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return nil, nil, errors.New("dataplane: closed")
+		return nil, nil, errClosed
 	}
 	want, err := readPlan(p)
 	if err != nil {
@@ -483,6 +485,11 @@ func (d *DataPlane) Keys() []*tvdv1.ChannelKey {
 
 // Counters returns the flow rules' named counters (see nft.CounterNames).
 func (d *DataPlane) Counters() (map[string]nft.Counter, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errClosed
+	}
 	return d.nft.Counters()
 }
 

@@ -30,6 +30,10 @@
 //     WireGuard interfaces as overlay interfaces. Replies are judged as the
 //     flow they answer (conntrack direction, see flow/nft), so the reply to
 //     an allowed flow passes and no separate "established" rule is needed.
+//   - flow/nft judges forwarded traffic only; a second table, NodeTable
+//     ("inet tvd-node"), drops whatever an EE addresses to the node itself
+//     (G, the underlay, the node's services), IPv6 neighbour discovery
+//     aside. Its set of EE interfaces is updated incrementally too.
 //
 // # Incremental updates
 //
@@ -61,8 +65,8 @@
 //   - It does not resolve host names in peer endpoints (an endpoint must be
 //     "address:port"), does not choose the underlay address (Config.Underlay),
 //     and does not create EE namespaces (the EE driver does).
-//   - Traffic between an EE and the node itself is not filtered (flow/nft
-//     judges the forward hook only); the node answers ARP for G.
+//   - Traffic from the node itself to an EE is not filtered; the node
+//     answers ARP for G.
 //   - A quarantined EE may reach the controller addresses, but nothing
 //     translates its overlay source address: the controller host must route
 //     the overlay back to the node for the reply to arrive.
