@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -78,33 +79,43 @@ func (b *browser) args(extra ...string) []string {
 		"--user-data-dir=" + b.profile, "--ignore-certificate-errors-spki-list=" + b.spki, "--window-size=1400,2400"}, extra...)
 }
 
-func (b *browser) run(args ...string) string {
+// run runs Chromium with args and the URL url() returns, and returns its
+// output. A browser that crashes (this happens under heavy load) is run
+// once more, with a fresh URL: a login token works only once.
+func (b *browser) run(url func() string, args ...string) string {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, b.bin, b.args(args...)...)
-	cmd.WaitDelay = 5 * time.Second
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		cmd := exec.CommandContext(ctx, b.bin, b.args(append(args, url())...)...)
+		cmd.WaitDelay = 5 * time.Second
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		cancel()
+		if err == nil {
+			return string(out)
+		}
+		var ee *exec.ExitError
+		if attempt < 3 && errors.As(err, &ee) && ee.ProcessState != nil && !ee.Exited() {
+			b.t.Logf("chromium crashed (%v); running it again", err)
+			continue
+		}
 		b.t.Fatalf("chromium %v: %v\n%s", args, err, stderr.String())
 	}
-	return string(out)
 }
 
-// dom loads url, lets its scripts run for budget of virtual time, and
-// returns the DOM.
-func (b *browser) dom(url string, budget time.Duration) string {
+// dom loads the URL url() returns, lets its scripts run for budget of
+// virtual time, and returns the DOM.
+func (b *browser) dom(url func() string, budget time.Duration) string {
 	b.t.Helper()
-	return b.run("--virtual-time-budget="+strconv.FormatInt(budget.Milliseconds(), 10), "--dump-dom", url)
+	return b.run(url, "--virtual-time-budget="+strconv.FormatInt(budget.Milliseconds(), 10), "--dump-dom")
 }
 
-// screenshot saves a PNG of url as name.
-func (b *browser) screenshot(url, name string) {
+// screenshot saves a PNG of the URL url() returns as name.
+func (b *browser) screenshot(url func() string, name string) {
 	b.t.Helper()
 	path := filepath.Join(b.out, name+".png")
-	b.run("--virtual-time-budget=3000", "--screenshot="+path, url)
+	b.run(url, "--virtual-time-budget=3000", "--screenshot="+path)
 	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
 		b.t.Errorf("screenshot %s: %v", path, err)
 		return
@@ -180,6 +191,11 @@ func loginURL(t *testing.T, cl *client.Client, base, next string) string {
 	return base + web.Prefix + "login?token=" + url.QueryEscape(resp.Msg.GetToken()) + "&next=" + url.QueryEscape(next)
 }
 
+// as returns a maker of fresh login URLs for cl that show next.
+func as(t *testing.T, cl *client.Client, base, next string) func() string {
+	return func() string { return loginURL(t, cl, base, next) }
+}
+
 // session logs a Go HTTP client in with a login token.
 func session(t *testing.T, env *tvdtest.Env, cl *client.Client, base string) *http.Client {
 	t.Helper()
@@ -242,27 +258,27 @@ func TestDashboardInChromium(t *testing.T) {
 	aud := dialAs(t, env, "red-cio", "auditor:red")
 
 	// Without a login, the page asks for one.
-	if dom := b.dom(base+web.Prefix, time.Second); !strings.Contains(dom, "tvd admin login") || strings.Contains(dom, `data-domain="red"`) {
+	if dom := b.dom(func() string { return base + web.Prefix }, time.Second); !strings.Contains(dom, "tvd admin login") || strings.Contains(dom, `data-domain="red"`) {
 		t.Errorf("unauthenticated overview:\n%s", dom)
 	}
 	// The admin sees both domains and the flow grid.
-	dom := b.dom(loginURL(t, env.Admin, base, web.Prefix), 2*time.Second)
+	dom := b.dom(as(t, env.Admin, base, web.Prefix), 2*time.Second)
 	for _, want := range []string{`class="domain" data-domain="red"`, `class="domain" data-domain="yellow"`, `class="flow-via-gateway"`, `data-ee="yellow-mc2"`} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("admin overview lacks %s", want)
 		}
 	}
-	b.screenshot(loginURL(t, env.Admin, base, web.Prefix), "admin-overview")
+	b.screenshot(as(t, env.Admin, base, web.Prefix), "admin-overview")
 
 	// The auditor sees red only.
-	dom = b.dom(loginURL(t, aud, base, web.Prefix), 2*time.Second)
+	dom = b.dom(as(t, aud, base, web.Prefix), 2*time.Second)
 	if !strings.Contains(dom, `class="domain" data-domain="red"`) || strings.Contains(dom, `data-domain="yellow"`) || strings.Contains(dom, "yellow-mc1") {
 		t.Errorf("auditor:red overview shows other domains:\n%s", dom)
 	}
-	if dom := b.dom(loginURL(t, aud, base, web.Prefix+"domain/yellow"), time.Second); !strings.Contains(dom, "permission denied") || strings.Contains(dom, "yellow-dc") {
+	if dom := b.dom(as(t, aud, base, web.Prefix+"domain/yellow"), time.Second); !strings.Contains(dom, "permission denied") || strings.Contains(dom, "yellow-dc") {
 		t.Errorf("auditor:red opening yellow:\n%s", dom)
 	}
-	b.screenshot(loginURL(t, aud, base, web.Prefix+"domain/red"), "auditor-red")
+	b.screenshot(as(t, aud, base, web.Prefix+"domain/red"), "auditor-red")
 	hc := session(t, env, aud, base)
 	for _, p := range []string{"domain/yellow", "api/report/yellow", "api/events?domain=yellow"} {
 		if got := status(t, hc, base+web.Prefix+p); got != http.StatusForbidden {
@@ -274,7 +290,7 @@ func TestDashboardInChromium(t *testing.T) {
 	}
 
 	// The browser verifies the audit checkpoint itself, and pins the key.
-	dom = b.dom(loginURL(t, aud, base, web.Prefix+"domain/red?verify=1"), 5*time.Second)
+	dom = b.dom(as(t, aud, base, web.Prefix+"domain/red?verify=1"), 5*time.Second)
 	if !strings.Contains(dom, "checkpoint verified: size") {
 		t.Errorf("checkpoint verification:\n%s", excerpt(dom, "checkpoint-result"))
 	}
@@ -293,7 +309,7 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 		return false
 	})
-	dom = b.dom(loginURL(t, aud, base, web.Prefix+"domain/red?verify=1"), 5*time.Second)
+	dom = b.dom(as(t, aud, base, web.Prefix+"domain/red?verify=1"), 5*time.Second)
 	if !strings.Contains(dom, `data-ee="red-client2" data-status="violated"`) {
 		t.Errorf("the member list does not show red-client2 violated:\n%s", excerpt(dom, "red-client2"))
 	}
@@ -305,7 +321,7 @@ func TestDashboardInChromium(t *testing.T) {
 	if !strings.Contains(dom, "checkpoint verified: size") || !strings.Contains(dom, "consistent with the checkpoint verified before") {
 		t.Errorf("second checkpoint verification:\n%s", excerpt(dom, "checkpoint-result"))
 	}
-	b.screenshot(loginURL(t, env.Admin, base, web.Prefix+"domain/red"), "admin-red-violation")
+	b.screenshot(as(t, env.Admin, base, web.Prefix+"domain/red"), "admin-red-violation")
 
 	// A login token works once.
 	u := loginURL(t, aud, base, web.Prefix)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -256,29 +257,36 @@ func TestCheckpointVerificationInChromium(t *testing.T) {
 	profile := t.TempDir()
 	page := func() string {
 		t.Helper()
-		tok, _, err := tk.MintLogin(auditor, 0)
-		if err != nil {
-			t.Fatal(err)
+		for attempt := 1; ; attempt++ {
+			tok, _, err := tk.MintLogin(auditor, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			u := srv.URL + Prefix + "login?token=" + url.QueryEscape(tok) + "&next=" + url.QueryEscape(Prefix+"domain/red?verify=1")
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+				"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+				"--user-data-dir="+profile, "--ignore-certificate-errors-spki-list="+spki, "--virtual-time-budget=5000", "--dump-dom", u)
+			cmd.WaitDelay = 5 * time.Second
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			cancel()
+			var ee *exec.ExitError
+			if err != nil && attempt < 3 && errors.As(err, &ee) && !ee.Exited() {
+				t.Logf("chromium crashed (%v); running it again", err)
+				continue
+			}
+			if err != nil {
+				t.Fatalf("chromium: %v\n%s", err, stderr.String())
+			}
+			s := string(out)
+			i := strings.Index(s, `id="checkpoint-result"`)
+			if i < 0 {
+				t.Fatalf("no checkpoint result in the page:\n%s", s)
+			}
+			return s[i:min(len(s), i+400)]
 		}
-		u := srv.URL + Prefix + "login?token=" + url.QueryEscape(tok) + "&next=" + url.QueryEscape(Prefix+"domain/red?verify=1")
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-			"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-			"--user-data-dir="+profile, "--ignore-certificate-errors-spki-list="+spki, "--virtual-time-budget=5000", "--dump-dom", u)
-		cmd.WaitDelay = 5 * time.Second
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("chromium: %v\n%s", err, stderr.String())
-		}
-		s := string(out)
-		i := strings.Index(s, `id="checkpoint-result"`)
-		if i < 0 {
-			t.Fatalf("no checkpoint result in the page:\n%s", s)
-		}
-		return s[i:min(len(s), i+400)]
 	}
 	size := func() string { return fmt.Sprintf("size %d,", src.lg.Size()) }
 
