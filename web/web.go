@@ -211,8 +211,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-type viewerKey struct{}
-
 // auth finds the viewer (client certificate, else session cookie) or
 // answers 401 with how to log in.
 func (h *Handler) auth(next func(http.ResponseWriter, *http.Request, Viewer)) http.HandlerFunc {
