@@ -29,10 +29,9 @@ func (l *lab) addRemote(name, node, domain string, role string) {
 		pub := k.PublicKey()
 		n.keys[domain] = &tvdv1.ChannelKey{Domain: domain, WireguardPublicKey: pub[:], Endpoint: fmt.Sprintf("10.254.1.%d:51820", len(l.order))}
 	}
-	dp, _ := l.pol.Domain(domain)
 	a, ok := l.nextAddr[domain]
 	if !ok {
-		a = netip.MustParsePrefix(dp.Subnet).Masked().Addr().Next().Next()
+		a = netip.MustParsePrefix(l.subnetOf(domain)).Masked().Addr().Next().Next()
 	}
 	l.nextAddr[domain] = a.Next()
 	l.ees[name] = &labEE{name: name, node: node, domain: domain, role: role, addr: a}

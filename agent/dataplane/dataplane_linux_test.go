@@ -532,3 +532,40 @@ func TestFlowFailureFailsClosed(t *testing.T) {
 		t.Fatal("the next good plan did not attach the member")
 	}
 }
+
+// TestIPv6Overlay: a domain with an IPv6 overlay prefix (over the IPv4
+// underlay) next to an IPv4 one: EE links, WireGuard routes and flow rules
+// work for both families.
+func TestIPv6Overlay(t *testing.T) {
+	l := newLab(t, func(l *lab) {
+		l.v6 = true
+		l.subnets = map[string]string{"yellow": "fd77::/64"}
+	})
+	l.addNode("a", 1)
+	l.addNode("b", 2)
+	l.addEE("y-dc", "a", "yellow", "domain-controller")
+	l.addEE("y-gw", "a", "yellow", "gateway")
+	l.addEE("y-mc-b", "b", "yellow", "management-console")
+	l.addEE("r-gw", "a", "red", "gateway")
+	l.addEE("r-cl-b", "b", "red", "client-os")
+	if a := l.ees["y-mc-b"].addr; a != netip.MustParseAddr("fd77::4") {
+		t.Fatalf("yellow address %s, want fd77::4", a)
+	}
+	l.apply()
+	var pairs []pair
+	for _, pr := range l.allPairs() {
+		if pr.src.addr.Is6() == pr.dst.addr.Is6() {
+			pairs = append(pairs, pr)
+		}
+	}
+	if n := l.checkPairs(pairs, l.matrixSays); n == 0 {
+		t.Fatal("nothing passed")
+	}
+	c, err := l.nodes["a"].dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c["deny-non-member"].Packets != 0 {
+		t.Errorf("node a dropped %d packets as non-members: an IPv6 member was not classified", c["deny-non-member"].Packets)
+	}
+}

@@ -121,11 +121,13 @@ type lab struct {
 	removed     map[string]bool
 	unrouted    map[netip.Addr]bool // destinations the nodes no longer route
 	noWarm      bool                // apply does not open sessions (remote nodes are simulated)
+	v6          bool                // namespaces keep IPv6 on
+	subnets     map[string]string   // overlay prefixes that replace the policy's, by domain
 	quarantined map[string]bool
 	nextAddr    map[string]netip.Addr
 }
 
-func newLab(t testing.TB) *lab {
+func newLab(t testing.TB, opts ...func(*lab)) *lab {
 	t.Helper()
 	needRoot(t)
 	pol, err := policy.LoadAndCompile("../../examples/outsourcing")
@@ -141,6 +143,9 @@ func newLab(t testing.TB) *lab {
 	rand.Read(rnd[:])
 	l := &lab{t: t, prefix: nsPrefix + hex.EncodeToString(rnd[:]), pol: pol, mjson: mj, mid: "sha256:" + hex.EncodeToString(sum[:]),
 		nodes: map[string]*labNode{}, ees: map[string]*labEE{}, removed: map[string]bool{}, unrouted: map[netip.Addr]bool{}, quarantined: map[string]bool{}, nextAddr: map[string]netip.Addr{}}
+	for _, o := range opts {
+		o(l)
+	}
 	var path string
 	l.ul, path = l.newNS("ul")
 	_ = path
@@ -161,6 +166,19 @@ func newLab(t testing.TB) *lab {
 	return l
 }
 
+// subnetOf returns the domain's overlay prefix: the policy's unless the
+// test replaced it.
+func (l *lab) subnetOf(domain string) string {
+	if s, ok := l.subnets[domain]; ok {
+		return s
+	}
+	dp, ok := l.pol.Domain(domain)
+	if !ok {
+		l.t.Fatalf("no domain %q in the policy", domain)
+	}
+	return dp.Subnet
+}
+
 // newNS creates a named namespace with IPv6 off (a quiet underlay for the
 // capture) and registers its deletion by name.
 func (l *lab) newNS(short string) (netns.NsHandle, string) {
@@ -177,8 +195,12 @@ func (l *lab) newNS(short string) (netns.NsHandle, string) {
 		if err != nil {
 			return fmt.Errorf("create namespace %s: %w", name, err)
 		}
+		off := "1"
+		if l.v6 {
+			off = "0"
+		}
 		for _, k := range []string{"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"} {
-			os.WriteFile("/proc/sys/"+k, []byte("1"), 0o644)
+			os.WriteFile("/proc/sys/"+k, []byte(off), 0o644)
 		}
 		return netns.Set(orig)
 	})
@@ -296,13 +318,9 @@ func (l *lab) eeNetNS(ee string) (string, bool) {
 func (l *lab) addEE(name, node, domain, role string) *labEE {
 	t := l.t
 	t.Helper()
-	dp, ok := l.pol.Domain(domain)
-	if !ok {
-		t.Fatalf("no domain %q in the policy", domain)
-	}
 	a, ok := l.nextAddr[domain]
 	if !ok {
-		a = netip.MustParsePrefix(dp.Subnet).Masked().Addr().Next().Next()
+		a = netip.MustParsePrefix(l.subnetOf(domain)).Masked().Addr().Next().Next()
 	}
 	l.nextAddr[domain] = a.Next()
 	ns, path := l.newNS(name)
@@ -310,7 +328,11 @@ func (l *lab) addEE(name, node, domain, role string) *labEE {
 	l.listen(e)
 	l.ees[name] = e
 	l.eeOrder = append(l.eeOrder, name)
-	// The controller host routes the overlay address back to its node.
+	// The controller host routes the overlay address back to its node
+	// (the underlay is IPv4: IPv6 members do not reach it in these tests).
+	if !a.Is4() {
+		return e
+	}
 	h, err := netlink.NewHandleAt(l.ctl.ns)
 	if err != nil {
 		t.Fatal(err)
@@ -331,10 +353,14 @@ func (l *lab) listen(e *labEE) {
 	e.seen = map[netip.Addr]int{}
 	err := inNS(e.ns, func() error {
 		var err error
-		if e.ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", tcpPort)); err != nil {
+		tcp, udp := "tcp4", "udp4"
+		if e.addr.Is6() {
+			tcp, udp = "tcp6", "udp6"
+		}
+		if e.ln, err = net.Listen(tcp, fmt.Sprintf(":%d", tcpPort)); err != nil {
 			return err
 		}
-		e.udp, err = net.ListenUDP("udp4", &net.UDPAddr{Port: udpPort})
+		e.udp, err = net.ListenUDP(udp, &net.UDPAddr{Port: udpPort})
 		return err
 	})
 	if err != nil {
@@ -422,8 +448,7 @@ func (l *lab) plan(node string) *tvdv1.Plan {
 	}
 	sort.Strings(domains)
 	for _, d := range domains {
-		pol, _ := l.pol.Domain(d)
-		dp := &tvdv1.DomainPeers{Domain: d, OverlayPrefix: pol.Subnet}
+		dp := &tvdv1.DomainPeers{Domain: d, OverlayPrefix: l.subnetOf(d)}
 		for _, peer := range l.order {
 			if peer == node {
 				continue
@@ -579,7 +604,7 @@ func (l *lab) warm(nodes []string) {
 func dial(src *labEE, dst netip.Addr, timeout time.Duration) (bool, error) {
 	ok := false
 	err := inNS(src.ns, func() error {
-		c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(dst, tcpPort).String(), timeout)
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dst, tcpPort).String(), timeout)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -596,7 +621,7 @@ func dial(src *labEE, dst netip.Addr, timeout time.Duration) (bool, error) {
 // sendUDP sends one datagram from inside src's namespace.
 func sendUDP(src *labEE, dst netip.Addr, payload []byte) error {
 	return inNS(src.ns, func() error {
-		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, udpPort)))
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, udpPort)))
 		if err != nil {
 			return err
 		}
