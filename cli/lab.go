@@ -126,7 +126,11 @@ func labStatusCmd(dir *string) *cobra.Command {
 			if snap.Policy != nil {
 				pol = fmt.Sprint(snap.Policy.Version)
 			}
-			fmt.Fprintf(w, "lab %s in %s: %s, policy version %s, %d of %d EEs verified at assurance tpm\n\n", snap.Name, snap.Dir, snap.Phase, pol, snap.Verified, len(snap.EEs))
+			fmt.Fprintf(w, "lab %s in %s: %s, policy version %s, %d of %d EEs verified at assurance tpm\n", snap.Name, snap.Dir, snap.Phase, pol, snap.Verified, len(snap.EEs))
+			if snap.ControllerError != "" {
+				fmt.Fprintf(w, "the controller does not answer (%s); showing what the lab knows\n", snap.ControllerError)
+			}
+			fmt.Fprintln(w)
 			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NODE\tNETNS\tUNDERLAY\tAGENT\tSWTPM\tTRUST\tSTATUS\tLAST VERIFIED\tLAST REPORT\tPLAN")
 			for _, n := range snap.Nodes {
@@ -165,7 +169,7 @@ func runWord(b bool) string {
 }
 
 func labExecCmd(dir *string) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "exec NODE|EE -- CMD [ARGS...]",
 		Short: "Run a command inside a lab node (for an EE: in its node, until EEs are containers)",
 		Example: `  tvd lab exec pc1 -- ip -br addr
@@ -183,7 +187,11 @@ func labExecCmd(dir *string) *cobra.Command {
 			if t.EE != "" && !t.Contained {
 				fmt.Fprintf(cmd.ErrOrStderr(), "tvd lab: EEs are not containers yet; running in %s's node %s (netns %s)\n", t.EE, t.Node, t.Netns)
 			}
-			c, err := t.Command(cmd.Context(), args[1:])
+			argv := args[1:]
+			if len(argv) > 0 && argv[0] == "--" {
+				argv = argv[1:]
+			}
+			c, err := t.Command(cmd.Context(), argv)
 			if err != nil {
 				return err
 			}
@@ -198,4 +206,7 @@ func labExecCmd(dir *string) *cobra.Command {
 			return nil
 		},
 	}
+	// Everything after NODE|EE is the command, flags included.
+	cmd.Flags().SetInterspersed(false)
+	return cmd
 }

@@ -234,6 +234,10 @@ func TestOutsourcingLab(t *testing.T) {
 	if !strings.Contains(addrs, "10.250.0.11/24") {
 		t.Errorf("pc1's eth0: %s", addrs)
 	}
+	// Without "--", flags after NODE belong to the command.
+	if addrs := mustTVD(t, nil, "lab", "exec", "--dir", dir, "pc2", "ip", "-br", "addr", "show", "eth0"); !strings.Contains(addrs, "10.250.0.12/24") {
+		t.Errorf("pc2's eth0: %s", addrs)
+	}
 	if out, err := runTVD(t, nil, "lab", "exec", "--dir", dir, "red-client1", "--", "ip", "netns", "identify"); err != nil || strings.TrimSpace(out) != "tvdlab-pc1" {
 		t.Errorf("red-client1 runs in %q, want its node's netns tvdlab-pc1 (%v)", out, err)
 	}
@@ -248,10 +252,23 @@ func TestOutsourcingLab(t *testing.T) {
 		t.Errorf("second up: %v", err)
 	}
 
+	// With the controller gone, status still shows what the lab knows.
+	for _, p := range st.Processes {
+		if p.Name == "controller" {
+			if err := stop(p.PID, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	table = mustTVD(t, nil, "lab", "status", "--dir", dir)
+	if !strings.Contains(table, "the controller does not answer") || !strings.Contains(table, "tvdlab-pc2") {
+		t.Errorf("status without a controller:\n%s", table)
+	}
+
 	start := time.Now()
 	out := mustTVD(t, nil, "lab", "down", "--dir", dir)
 	t.Logf("tvd lab down: %v", time.Since(start).Round(10*time.Millisecond))
-	for _, want := range []string{"stopped controller", "stopped agent/pc1", "stopped swtpm/mgmt", "removed netns tvdlab-ul", "removed netns tvdlab-pc2"} {
+	for _, want := range []string{"stopped agent/pc1", "stopped swtpm/mgmt", "removed netns tvdlab-ul", "removed netns tvdlab-pc2"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("down output lacks %q:\n%s", want, out)
 		}
@@ -329,4 +346,22 @@ func TestPayrollLab(t *testing.T) {
 	}
 	mustTVD(t, nil, "lab", "down", "--dir", dir)
 	checkGone(t, dir)
+}
+
+// TestPreflight runs up on a host without the tools (an empty PATH): it
+// fails before creating anything and says what to install.
+func TestPreflight(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	out, err := runTVD(t, []string{"PATH=/nonexistent"}, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir)
+	if err == nil {
+		t.Fatalf("up without swtpm and ip succeeded:\n%s", out)
+	}
+	for _, want := range []string{"swtpm (not in PATH): apt-get install swtpm", "swtpm_setup (not in PATH): apt-get install swtpm-tools", "ip (not in PATH): apt-get install iproute2"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("up created %s before failing its preflight", dir)
+	}
 }

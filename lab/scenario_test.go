@@ -290,3 +290,60 @@ func FuzzRelaxIsolation(f *testing.F) {
 		}
 	})
 }
+
+// TestExpectTable3 lists what `tvd lab check` will test for case study 1,
+// and spot-checks it against the paper's Table 3.
+func TestExpectTable3(t *testing.T) {
+	s, err := LoadScenario(filepath.Join("..", "examples", "lab", "outsourcing.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := s.PolicyFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp, err := policy.ParseAndCompile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &State{}
+	for _, n := range s.Nodes {
+		ns := NodeState{Name: n.Name}
+		for _, e := range n.EEs {
+			ns.EEs = append(ns.EEs, EEState{Name: e.Name, Domain: e.Domain, Role: e.Role})
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	pairs, err := Expect(comp, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pairs) != 8*7 {
+		t.Fatalf("%d pairs, want 56", len(pairs))
+	}
+	find := func(from, to string) Pair {
+		for _, p := range pairs {
+			if p.From == from && p.To == to {
+				return p
+			}
+		}
+		t.Fatalf("no pair %s -> %s", from, to)
+		return Pair{}
+	}
+	for _, c := range []struct {
+		from, to, rule string
+		allow          bool
+		via            string
+	}{
+		{"red-client1", "yellow-mc1", "none", false, ""},
+		{"yellow-gw", "red-gw", "point-to-point", true, ""},
+		{"yellow-mc1", "red-client2", "via-gateway", false, "yellow/gateway,red/gateway"},
+		{"red-client1", "red-client2", "unrestricted", true, ""},
+		{"red-gw", "yellow-mc2", "point-to-point", false, "yellow/gateway"},
+	} {
+		p := find(c.from, c.to)
+		if p.Rule != c.rule || p.Allow != c.allow || strings.Join(p.Via, ",") != c.via {
+			t.Errorf("%s -> %s: %+v; want rule %s allow %v via %q", c.from, c.to, p, c.rule, c.allow, c.via)
+		}
+	}
+}

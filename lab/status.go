@@ -26,6 +26,9 @@ type Snapshot struct {
 	Nodes    []NodeStatus   `json:"nodes"`
 	EEs      []EEStatus     `json:"ees"`
 	Verified int            `json:"verified"`
+	// ControllerError is set when the controller could not be asked: the
+	// snapshot then holds only what the lab itself knows.
+	ControllerError string `json:"controllerError,omitempty"`
 }
 
 // NodeStatus is one node: what the lab made and the controller's view.
@@ -113,13 +116,18 @@ func Observe(ctx context.Context, cl *client.Client, st *State) (*Snapshot, erro
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
 	}
+	return join(st, nodes.Msg.GetNodes(), members.Msg.GetMembers()), nil
+}
+
+// join joins the controller's nodes and members with the lab's state.
+func join(st *State, nodes []*tvdv1.Node, members []*tvdv1.MemberInfo) *Snapshot {
 	snap := &Snapshot{Name: st.Name, Dir: st.Dir, Phase: st.Phase, Taken: time.Now(), Policy: st.Policy}
 	byNode := map[string]*tvdv1.Node{}
-	for _, n := range nodes.Msg.GetNodes() {
+	for _, n := range nodes {
 		byNode[n.GetName()] = n
 	}
 	byEE := map[string]*tvdv1.MemberInfo{}
-	for _, m := range members.Msg.GetMembers() {
+	for _, m := range members {
 		byEE[m.GetMember().GetEe()] = m
 	}
 	procs := map[string]int{}
@@ -159,7 +167,7 @@ func Observe(ctx context.Context, cl *client.Client, st *State) (*Snapshot, erro
 		}
 	}
 	sort.SliceStable(snap.EEs, func(i, j int) bool { return snap.EEs[i].Node < snap.EEs[j].Node })
-	return snap, nil
+	return snap
 }
 
 // runningLab reports whether pid is alive and still one of the lab's.
@@ -167,15 +175,23 @@ func runningLab(pid int, dir string) bool {
 	return pid > 0 && alive(pid) && mentions(procCmdline(pid), dir)
 }
 
-// Status loads the lab in dir and observes it.
+// Status loads the lab in dir and observes it. When the controller cannot
+// be asked, it returns what the lab knows, with ControllerError set.
 func Status(ctx context.Context, dir string) (*Snapshot, error) {
 	st, err := LoadState(dir)
 	if err != nil {
 		return nil, err
 	}
 	cl, err := Dial(st)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		var snap *Snapshot
+		if snap, err = Observe(ctx, cl, st); err == nil {
+			return snap, nil
+		}
 	}
-	return Observe(ctx, cl, st)
+	snap := join(st, nil, nil)
+	snap.ControllerError = err.Error()
+	return snap, nil
 }
