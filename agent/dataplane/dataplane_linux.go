@@ -98,6 +98,7 @@ type DataPlane struct {
 	flowID   string       // matrix id of the rules in force ("" for none)
 	flowOn   bool         // the nft table exists
 	sysctls  map[string]string
+	last     *tvdv1.Plan // the last plan read
 }
 
 // New opens handles into the node namespace. It changes nothing in the
@@ -156,10 +157,31 @@ func (d *DataPlane) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAc
 	if d.closed {
 		return nil, nil, errClosed
 	}
+	return d.applyLocked(ctx, p)
+}
+
+// Reconcile applies the last plan again: it attaches members whose EE
+// namespace appeared or changed since (an EE started or restarted),
+// re-creates vanished links and retries whatever failed. What is in
+// place is left alone. Without a previous plan it does nothing.
+func (d *DataPlane) Reconcile(ctx context.Context) ([]*tvdv1.DomainAck, []*tvdv1.ChannelKey, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, nil, errClosed
+	}
+	if d.last == nil {
+		return nil, nil, nil
+	}
+	return d.applyLocked(ctx, d.last)
+}
+
+func (d *DataPlane) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAck, []*tvdv1.ChannelKey, error) {
 	want, err := readPlan(p)
 	if err != nil {
 		return nil, nil, err
 	}
+	d.last = p
 	domErr := map[string][]error{}
 	for dom, errs := range want.MemberErr {
 		domErr[dom] = append(domErr[dom], errs...)

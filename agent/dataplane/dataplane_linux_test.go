@@ -316,7 +316,7 @@ func TestCloseRemovesEverything(t *testing.T) {
 }
 
 // TestReattach: an EE restarted in a new namespace (its old link died with
-// the old one) is attached again by the next Apply, even of the same plan.
+// the old one) is attached again by Reconcile, with no new plan.
 func TestReattach(t *testing.T) {
 	l := newLab(t)
 	l.addNode("a", 1)
@@ -341,7 +341,11 @@ func TestReattach(t *testing.T) {
 	for l.links("a")[VethName(gw.name)] != 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // the kernel frees the namespace asynchronously
 	}
-	l.apply()
+	// No new plan: the agent reconciles when its EE host restarts an EE.
+	acks, _, err := l.nodes["a"].dp.Reconcile(context.Background())
+	if err != nil || len(acks) != 1 || acks[0].Channel != tvdv1.ChannelState_CHANNEL_STATE_UP {
+		t.Fatalf("reconcile: %v %v", acks, err)
+	}
 	if idx := l.links("a")[VethName(gw.name)]; idx == 0 || idx == old {
 		t.Fatalf("veth of the restarted EE: ifindex %d (was %d), want a new link", idx, old)
 	}

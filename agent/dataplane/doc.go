@@ -70,6 +70,8 @@
 //   - A quarantined EE may reach the controller addresses, but nothing
 //     translates its overlay source address: the controller host must route
 //     the overlay back to the node for the reply to arrive.
-//   - A member whose EE namespace is not known yet is attached on the next
-//     Apply; nothing retries in between.
+//   - It runs no timer: a member whose EE namespace is not known yet, or an
+//     EE restarted in a new namespace, is attached by the next Apply or by
+//     Reconcile, which the agent should call when its EE host starts or
+//     restarts an EE.
 package dataplane
