@@ -76,6 +76,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		vs = append(vs, fmt.Sprintf("v%d%s: %d", v.Version, cur, v.Members))
 	}
+	if len(vs) == 0 {
+		vs = append(vs, "none")
+	}
 	fmt.Fprintf(&b, "policy versions run: %s\n\n", strings.Join(vs, ", "))
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)

@@ -132,6 +132,7 @@ func dashboard(t *testing.T, env *tvdtest.Env) string {
 	if resp, err := hc.Get(env.URL + web.Prefix); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusNotFound {
+			t.Logf("the dashboard is served on the controller's port")
 			return env.URL
 		}
 	}
@@ -143,6 +144,7 @@ func dashboard(t *testing.T, env *tvdtest.Env) string {
 		ErrorLog: log.New(io.Discard, "", 0)} // Chromium probes and drops connections
 	go srv.Serve(tls.NewListener(l, srv.TLSConfig))
 	t.Cleanup(func() { srv.Close() })
+	t.Logf("the controller does not mount the dashboard; serving it beside the API")
 	return "https://" + l.Addr().String()
 }
 
