@@ -21,6 +21,7 @@ import (
 
 	"connectrpc.com/connect"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tvd-dev/tvd/agent"
@@ -105,7 +106,7 @@ type upRun struct {
 
 func (u *upRun) say(format string, args ...any) {
 	u.step++
-	fmt.Fprintf(u.cfg.Out, "[%2d] %-58s", u.step, fmt.Sprintf(format, args...))
+	fmt.Fprintf(u.cfg.Out, "[%2d] %-64s", u.step, fmt.Sprintf(format, args...))
 }
 
 func (u *upRun) done(format string, args ...any) {
@@ -323,21 +324,50 @@ func (u *upRun) started(name string, pid int, log string, exited <-chan error) e
 }
 
 // tpms manufactures each node's swtpm with an EK certificate from the lab
-// CA and starts it.
+// CA and starts it. The first TPM is made alone (it creates the CA); the
+// others in parallel (swtpm_localca locks its state).
 func (u *upRun) tpms(ctx context.Context) error {
 	c, err := newLabCA(u.cfg.Dir)
 	if err != nil {
 		return err
 	}
-	for _, n := range u.st.Nodes {
-		u.say("node %s: swtpm with an EK certificate from the lab CA", n.Name)
+	u.say("manufacture %d TPMs: EK certificates from the lab CA", len(u.st.Nodes))
+	manufacture := func(n NodeState) error {
 		dir := filepath.Dir(n.TPMSocket)
-		state := filepath.Join(dir, "state")
-		if err := c.manufacture(ctx, state, filepath.Join(dir, "swtpm_setup.log")); err != nil {
-			return err
+		if err := c.manufacture(ctx, filepath.Join(dir, "state"), filepath.Join(dir, "swtpm_setup.log")); err != nil {
+			return fmt.Errorf("TPM of %s: %w", n.Name, err)
 		}
+		return nil
+	}
+	if err := manufacture(u.st.Nodes[0]); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for _, n := range u.st.Nodes[1:] {
+		g.Go(func() error {
+			if gctx.Err() != nil {
+				return gctx.Err()
+			}
+			return manufacture(n)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	bundle, err := c.bundle()
+	if err != nil {
+		return err
+	}
+	if err := u.st.update(func(s *State) { s.EKCA = bundle }); err != nil {
+		return err
+	}
+	u.done("%s", bundle)
+	for _, n := range u.st.Nodes {
+		u.say("node %s: swtpm on %s", n.Name, filepath.Base(n.TPMSocket))
+		dir := filepath.Dir(n.TPMSocket)
 		logPath := filepath.Join(dir, "swtpm.log")
-		pid, exited, err := daemon(swtpmArgs(state, n.TPMSocket, filepath.Join(dir, "ctrl.sock"), logPath), logPath)
+		pid, exited, err := daemon(swtpmArgs(filepath.Join(dir, "state"), n.TPMSocket, filepath.Join(dir, "ctrl.sock"), logPath), logPath)
 		if err != nil {
 			return err
 		}
@@ -349,11 +379,7 @@ func (u *upRun) tpms(ctx context.Context) error {
 		}
 		u.done("pid %d", pid)
 	}
-	bundle, err := c.bundle()
-	if err != nil {
-		return err
-	}
-	return u.st.update(func(s *State) { s.EKCA = bundle })
+	return nil
 }
 
 // controller starts the controller on the host, listening on the
