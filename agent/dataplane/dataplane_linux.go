@@ -314,6 +314,11 @@ func (d *DataPlane) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 	var acks []*tvdv1.DomainAck
 	var all []error
 	for _, name := range names {
+		if want.Domains[name].Err == errNoOverlay && len(domErr[name]) == 1 && d.domains[name] == nil {
+			// Not a failure: there is nothing to bring up.
+			acks = append(acks, &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: d.flowID, Error: errNoOverlay.Error()})
+			continue
+		}
 		errs := append(domErr[name], global...)
 		ack := &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_UP, FlowMatrixId: d.flowID}
 		if d.domains[name] == nil {

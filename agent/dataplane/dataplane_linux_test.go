@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -361,6 +362,9 @@ func TestAckReportsProblems(t *testing.T) {
 	p := l.plan("a")
 	p.Members = append(p.Members, &tvdv1.PlanMember{Member: &tvdv1.Member{Domain: "yellow", Role: "gateway", Ee: "ghost"}, OverlayAddress: "10.77.0.9"})
 	p.Members = append(p.Members, &tvdv1.PlanMember{Member: &tvdv1.Member{Domain: "blue", Role: "x", Ee: "b1"}, OverlayAddress: "10.99.0.2"})
+	// A domain whose policy gives no subnet: nothing to bring up.
+	p.Members = append(p.Members, &tvdv1.PlanMember{Member: &tvdv1.Member{Domain: "green", Role: "x", Ee: "g1"}})
+	p.Peers = append(p.Peers, &tvdv1.DomainPeers{Domain: "green"})
 	acks, keys, err := n.dp.Apply(context.Background(), p)
 	if err == nil {
 		t.Fatal("want an error")
@@ -374,6 +378,9 @@ func TestAckReportsProblems(t *testing.T) {
 	}
 	if a := byDomain["blue"]; a == nil || a.Channel != tvdv1.ChannelState_CHANNEL_STATE_FAILED || !bytes.Contains([]byte(a.Error), []byte("overlay prefix")) {
 		t.Errorf("blue ack %v: want FAILED for the missing prefix", a)
+	}
+	if a := byDomain["green"]; a == nil || a.Channel != tvdv1.ChannelState_CHANNEL_STATE_DOWN || strings.Contains(err.Error(), "green") {
+		t.Errorf("green ack %v (err %v): want DOWN, not an error", a, err)
 	}
 	if len(keys) != 1 || keys[0].Domain != "yellow" {
 		t.Errorf("keys %v: want yellow's only", keys)

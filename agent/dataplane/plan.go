@@ -48,6 +48,10 @@ type domainSpec struct {
 	Err error
 }
 
+// errNoOverlay marks a domain without overlay: its policy gives no subnet,
+// so its members have no overlay address and the node no channel.
+var errNoOverlay = errors.New("the domain has no overlay prefix (its policy gives no subnet)")
+
 // desired is a plan read and checked: what the node must look like.
 type desired struct {
 	Members map[string]memberSpec // by EE
@@ -78,6 +82,10 @@ func readPlan(p *tvdv1.Plan) (*desired, error) {
 		}
 		ds := &domainSpec{Name: name, raw: dp.GetPeers()}
 		d.Domains[name] = ds
+		if dp.GetOverlayPrefix() == "" && len(dp.GetPeers()) == 0 {
+			ds.Err = errNoOverlay
+			continue
+		}
 		pfx, err := netip.ParsePrefix(dp.GetOverlayPrefix())
 		if err != nil {
 			ds.Err = fmt.Errorf("overlay prefix %q: want CIDR notation such as 10.77.0.0/16", dp.GetOverlayPrefix())
