@@ -45,7 +45,7 @@ const module = "github.com/tvd-dev/tvd"
 // are pure. They import no networking and no store, directly or through a
 // dependency; cli reaches the controller only through the API client.
 func TestImportRules(t *testing.T) {
-	pure := []string{"policy", "attest", "audit", "flow"}
+	pure := []string{"policy", "attest", "audit", "flow", "report"}
 	// Forbidden anywhere below a pure package. crypto/x509 needs package
 	// net for IP addresses in certificates, so net itself is checked only
 	// among direct imports.

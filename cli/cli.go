@@ -56,7 +56,8 @@ and reacts to violations; a tamper-evident log records what happened.`,
 	root.PersistentFlags().Lookup("controller").Usage = "controller `URL` for admin commands; default $TVD_CONTROLLER, else the one in the credentials"
 	pol := newPolicyCmd()
 	pol.AddCommand(policyApplyCmd(&c), policyHistoryCmd(&c))
-	root.AddCommand(pol, newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c),
-		newAdminCmd(&c), newRevokeCmd(&c), newAuditCmd(&c))
+	adm := newAdminCmd(&c)
+	adm.AddCommand(adminLoginCmd(&c))
+	root.AddCommand(pol, newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c), adm, newRevokeCmd(&c), newAuditCmd(&c), newReportCmd(&c))
 	return root
 }

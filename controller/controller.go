@@ -31,6 +31,7 @@ import (
 	"github.com/tvd-dev/tvd/audit"
 	"github.com/tvd-dev/tvd/ca"
 	"github.com/tvd-dev/tvd/store"
+	"github.com/tvd-dev/tvd/web"
 )
 
 // Version is the controller's software version, reported to admins.
@@ -92,6 +93,9 @@ type Controller struct {
 	hub   *hub
 	nonce *nonces
 	att   attestation
+	// webTok signs dashboard login tokens and sessions; its key lives in
+	// memory only, so a restart logs every browser out.
+	webTok *web.Tokens
 }
 
 // New opens (or, on first start, creates) the deployment: the CA, the
@@ -120,6 +124,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, st: cfg.Store, hub: newHub(), nonce: newNonces()}
 	c.att.pending = map[string]*pendingEnrol{}
+	c.webTok = web.NewTokens(c.now)
 	c.att.ekPolicy = attest.EKPolicy{Roots: cfg.EKRoots, Allow: cfg.EKAllow}
 	kek, err := ca.LoadOrCreateKEK(filepath.Join(cfg.DataDir, "kek"), nil)
 	if err != nil {
@@ -282,6 +287,7 @@ func (c *Controller) Handler() http.Handler {
 	opts := []connect.HandlerOption{connect.WithReadMaxBytes(maxRequestBytes)}
 	mux.Handle(tvdv1connect.NewAgentServiceHandler(&agentService{c}, opts...))
 	mux.Handle(tvdv1connect.NewAdminServiceHandler(&adminService{c}, opts...))
+	mux.Handle(web.Prefix, c.WebHandler())
 	return c.identify(mux)
 }
 

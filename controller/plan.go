@@ -170,8 +170,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	// Flow: the matrix and the address sets of every class.
 	if comp != nil && len(onNode) > 0 {
 		mj, _ := json.Marshal(comp.Matrix)
-		sum := sha256.Sum256(mj)
-		fp := &tvdv1.FlowPlan{MatrixId: "sha256:" + hexString(sum[:]), Matrix: mj}
+		fp := &tvdv1.FlowPlan{MatrixId: flowMatrixID(comp), Matrix: mj}
 		classes := map[[2]string]*tvdv1.ClassSet{}
 		var keys [][2]string
 		for _, m := range members {
@@ -261,15 +260,4 @@ func (c *Controller) freshFor(node string) time.Duration {
 		}
 	}
 	return d
-}
-
-const hexDigits = "0123456789abcdef"
-
-func hexString(b []byte) string {
-	out := make([]byte, len(b)*2)
-	for i, v := range b {
-		out[i*2] = hexDigits[v>>4]
-		out[i*2+1] = hexDigits[v&15]
-	}
-	return string(out)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tvd-dev/tvd"
@@ -16,17 +15,7 @@ import (
 	"github.com/tvd-dev/tvd/web"
 )
 
-// dashboardTokens holds each controller's dashboard token key, in memory
-// only: a restart logs every browser out.
-var dashboardTokens sync.Map // *Controller → *web.Tokens
-
-func (c *Controller) webTokens() *web.Tokens {
-	if t, ok := dashboardTokens.Load(c); ok {
-		return t.(*web.Tokens)
-	}
-	t, _ := dashboardTokens.LoadOrStore(c, web.NewTokens(c.now))
-	return t.(*web.Tokens)
-}
+func (c *Controller) webTokens() *web.Tokens { return c.webTok }
 
 // WebHandler returns the dashboard (package web), to be served under
 // web.Prefix ("/ui/") behind the controller's TLS configuration, on the

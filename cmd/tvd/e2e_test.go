@@ -95,7 +95,7 @@ func run(t *testing.T, env []string, args ...string) string {
 
 type memberJSON struct {
 	Members []struct {
-		Member struct{ Domain, Role, Ee string }
+		Member         struct{ Domain, Role, Ee string }
 		Node           string
 		OverlayAddress string
 		Verdict        struct{ Status string }
