@@ -7,8 +7,9 @@ set -euo pipefail
 # EE base image), iproute2 (network namespaces), nftables (inspecting the
 # flow table by hand), tcpdump (underlay captures), gcc and libssl-dev (cgo
 # for the in-process TPM simulator), etcd-server (the store's etcd backend
-# is tested against a real etcd).
-pkgs=(swtpm swtpm-tools busybox-static iproute2 nftables tcpdump gcc libc6-dev libssl-dev etcd-server)
+# is tested against a real etcd), chromium (the dashboard is tested in a
+# real headless browser), util-linux (nsenter, unshare).
+pkgs=(swtpm swtpm-tools busybox-static iproute2 nftables tcpdump gcc libc6-dev libssl-dev etcd-server chromium util-linux)
 
 missing=()
 for p in "${pkgs[@]}"; do
