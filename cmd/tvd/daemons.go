@@ -3,6 +3,9 @@ package main
 import (
 	"crypto/x509"
 	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tvd-dev/tvd/agent"
+	"github.com/tvd-dev/tvd/agent/dataplane"
 	"github.com/tvd-dev/tvd/attest/tpm"
 	"github.com/tvd-dev/tvd/controller"
 	"github.com/tvd-dev/tvd/store"
@@ -107,7 +111,8 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 }
 
 func newAgentCmd() *cobra.Command {
-	var ctrl, data, token, config, node, logLevel, tpmPath string
+	var ctrl, data, token, config, node, logLevel, tpmPath, underlay, eeNetNS string
+	var wgPort uint16
 	var every time.Duration
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -144,6 +149,14 @@ report continuously and renew member certificates while they are in good standin
 				defer t.Close()
 				cfg.TPM = t
 			}
+			if underlay != "" {
+				dp, err := newDataPlane(ctrl, data, underlay, wgPort, eeNetNS, log)
+				if err != nil {
+					return err
+				}
+				defer dp.Close()
+				cfg.DataPlane = dp
+			}
 			a, err := agent.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -158,6 +171,9 @@ report continuously and renew member certificates while they are in good standin
 	f.StringVar(&config, "config", "", "node configuration `FILE`: node name and EEs")
 	f.StringVar(&node, "node", "", "node `NAME` (default: from the config file, else the host name)")
 	f.DurationVar(&every, "report-every", 5*time.Second, "longest time between reports")
+	f.StringVar(&underlay, "underlay", "", "this node's underlay `ADDR`: runs the data plane (WireGuard overlay per domain, EE links, nftables flow rules); empty: identities only")
+	f.Uint16Var(&wgPort, "wg-port", dataplane.DefaultBasePort, "first UDP `PORT` of the per-domain WireGuard interfaces")
+	f.StringVar(&eeNetNS, "ee-netns", "/run/netns", "`DIR` holding each EE's network namespace, named by the EE")
 	f.StringVar(&tpmPath, "tpm", "", "TPM to attest with: /dev/tpmrm0, unix:PATH or tcp:HOST:PORT (swtpm); empty: join token only (implicit assurance)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -181,4 +197,32 @@ func openTPM(spec string, log *slog.Logger) (*tpm.TPM, error) {
 		return nil, fmt.Errorf("--tpm %s: %w", spec, err)
 	}
 	return t, nil
+}
+
+// newDataPlane builds the node's data plane for the agent.
+func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS string, log *slog.Logger) (*dataplane.DataPlane, error) {
+	u, err := netip.ParseAddr(underlay)
+	if err != nil {
+		return nil, fmt.Errorf("--underlay %q: want an IP address", underlay)
+	}
+	var ctrl []netip.Addr
+	if pu, err := url.Parse(controllerURL); err == nil {
+		if a, err := netip.ParseAddr(pu.Hostname()); err == nil {
+			ctrl = append(ctrl, a)
+		} else if addrs, err := net.LookupHost(pu.Hostname()); err == nil {
+			for _, s := range addrs {
+				if a, err := netip.ParseAddr(s); err == nil {
+					ctrl = append(ctrl, a)
+				}
+			}
+		}
+	}
+	return dataplane.New(dataplane.Config{
+		Underlay: u, BasePort: port, DataDir: data, Controller: ctrl, Logger: log,
+		EENetNS: func(ee string) (string, bool) {
+			p := filepath.Join(eeNetNS, ee)
+			_, err := os.Stat(p)
+			return p, err == nil
+		},
+	})
 }
