@@ -3,10 +3,10 @@ package main
 import (
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
