@@ -564,14 +564,20 @@ func (u *upRun) waitMembers(ctx context.Context) error {
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("after %v not every EE is a verified member at assurance tpm", u.cfg.Timeout)
+			explained := last != nil
 			if last != nil {
 				for _, e := range last.EEs {
 					if !e.Ready() {
 						msg += fmt.Sprintf("\n  %s on %s: %s", e.Name, e.Node, e.Problem())
+						explained = explained && e.Reason != ""
 					}
 				}
 			}
-			return fmt.Errorf("%s\ncontroller log (%s):\n%s", msg, filepath.Join(u.cfg.Dir, "controller.log"), tail(filepath.Join(u.cfg.Dir, "controller.log"), 10))
+			if !explained {
+				log := filepath.Join(u.cfg.Dir, "controller.log")
+				msg += fmt.Sprintf("\ncontroller log (%s):\n%s", log, tail(log, 10))
+			}
+			return errors.New(msg)
 		}
 		select {
 		case <-ctx.Done():

@@ -50,12 +50,12 @@ func buildTVD(dir string) error {
 	if err != nil {
 		return err
 	}
-	const anchor = "newAuditCmd(&c))"
-	if !bytes.Contains(src, []byte(anchor)) {
-		return fmt.Errorf("tvd lab is not registered in cli.NewRoot and cli/cli.go has no %q to register it after", anchor)
+	const anchor = "\treturn root\n}"
+	if bytes.Count(src, []byte(anchor)) != 1 {
+		return fmt.Errorf("tvd lab is not registered in cli.NewRoot, and cli/cli.go has not exactly one %q to register it before", anchor)
 	}
 	patched := filepath.Join(dir, "cli.go")
-	if err := os.WriteFile(patched, bytes.Replace(src, []byte(anchor), []byte("newAuditCmd(&c), NewLabCmd())"), 1), 0o600); err != nil {
+	if err := os.WriteFile(patched, bytes.Replace(src, []byte(anchor), []byte("\troot.AddCommand(NewLabCmd())\n"+anchor), 1), 0o600); err != nil {
 		return err
 	}
 	abs, _ := filepath.Abs("../cli/cli.go")
@@ -364,4 +364,32 @@ func TestPreflight(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("up created %s before failing its preflight", dir)
 	}
+}
+
+// TestRefusedEE brings up a scenario whose EE lacks the claim its domain
+// requires: up fails after its timeout naming the EE and the controller's
+// reason, and down removes the half-up lab.
+func TestRefusedEE(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	pol, err := filepath.Abs("../examples/payroll")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scen := filepath.Join(t.TempDir(), "refused.yaml")
+	src := "kind: Scenario\nname: refused\npolicy: " + pol + "\nnodes:\n  - name: desk\n    ees:\n      - {name: desk1, image: busybox, domain: paychecks4tmart, role: employee-desktop, owner: paychecks.com}\n"
+	if err := os.WriteFile(scen, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = runTVD(t, nil, "lab", "up", scen, "--dir", dir, "--timeout", "4s")
+	if err == nil {
+		t.Fatal("up admitted an EE without the domain's required claim")
+	}
+	for _, want := range []string{"desk1 on desk: not a member, refused: ", "requires claim node.tmart_regulations", "tvd lab down --dir " + dir} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("up error lacks %q:\n%v", want, err)
+		}
+	}
+	mustTVD(t, nil, "lab", "down", "--dir", dir)
+	checkGone(t, dir)
 }

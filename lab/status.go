@@ -2,8 +2,10 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -13,6 +15,7 @@ import (
 	"github.com/tvd-dev/tvd/api"
 	"github.com/tvd-dev/tvd/api/client"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/audit"
 )
 
 // Snapshot is the lab as the controller sees it, joined with what the
@@ -74,8 +77,10 @@ func (e EEStatus) Ready() bool {
 // Problem says why the EE is not Ready.
 func (e EEStatus) Problem() string {
 	switch {
+	case !e.Member && e.Reason != "":
+		return "not a member, " + e.Reason
 	case !e.Member:
-		return "not a member (refused, or its agent has not enrolled; see the controller and agent logs)"
+		return "not a member (its agent has not enrolled; see its agent.log)"
 	case e.Status != tvd.StatusVerified.String():
 		return fmt.Sprintf("%s: %s", e.Status, e.Reason)
 	case e.Assurance != tvd.AssuranceTPM.String():
@@ -116,7 +121,52 @@ func Observe(ctx context.Context, cl *client.Client, st *State) (*Snapshot, erro
 	if err != nil {
 		return nil, fmt.Errorf("list members: %w", err)
 	}
-	return join(st, nodes.Msg.GetNodes(), members.Msg.GetMembers()), nil
+	snap := join(st, nodes.Msg.GetNodes(), members.Msg.GetMembers())
+	missing := false
+	for _, e := range snap.EEs {
+		missing = missing || !e.Member
+	}
+	if missing {
+		// Say why: the controller records each refusal in the audit log.
+		if why, err := refusals(ctx, cl); err == nil {
+			for i, e := range snap.EEs {
+				if r, ok := why[e.Name]; ok && !e.Member {
+					snap.EEs[i].Reason = "refused: " + r
+				}
+			}
+		}
+	}
+	return snap, nil
+}
+
+// refusals reads the audit log for the latest refusal reason of each EE.
+func refusals(ctx context.Context, cl *client.Client) (map[string]string, error) {
+	out := map[string]string{}
+	const page = 1000
+	for start := uint64(0); ; start += page {
+		resp, err := cl.Admin.AuditTail(ctx, connect.NewRequest(&tvdv1.AuditTailRequest{StartIndex: start, Limit: page}))
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range resp.Msg.GetEntries() {
+			if e.GetKind() != audit.KindRefuse {
+				continue
+			}
+			var d struct {
+				Subject string            `json:"subject"`
+				Detail  map[string]string `json:"detail"`
+			}
+			if json.Unmarshal(e.GetData(), &d) != nil {
+				continue
+			}
+			if i := strings.LastIndex(d.Subject, "/ee/"); i >= 0 && d.Detail["reason"] != "" {
+				out[d.Subject[i+len("/ee/"):]] = d.Detail["reason"]
+			}
+		}
+		if len(resp.Msg.GetEntries()) < page {
+			return out, nil
+		}
+	}
 }
 
 // join joins the controller's nodes and members with the lab's state.
