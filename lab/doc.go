@@ -9,8 +9,9 @@
 // removes everything by name (namespaces and links starting with Prefix,
 // processes recorded in LABDIR/lab.json or naming LABDIR on their command
 // line), also after a crashed Up; Status reads the controller's view
-// through api/client; Command runs a command inside a node (and, once EEs
-// are containers, inside an EE).
+// through api/client; State.Resolve and Target.Command run a command inside
+// a node (and, once EEs are containers, inside an EE); Expect lists every
+// ordered pair of EEs with the policy's decision, for `tvd lab check`.
 //
 // On the host the lab owns: the namespaces tvdlab-ul (the underlay bridge
 // tvdlab-br) and tvdlab-NODE, the host link tvdlab-host with 10.250.0.1/24
