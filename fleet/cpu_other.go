@@ -1,4 +1,4 @@
-//go:build !unix
+//go:build !linux
 
 package fleet
 
@@ -6,3 +6,6 @@ import "time"
 
 // processCPU is not measured on this platform.
 func processCPU() time.Duration { return 0 }
+
+// threadCPU is not measured on this platform.
+func threadCPU() time.Duration { return 0 }

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -45,9 +46,12 @@ type Config struct {
 	// Interval is the reporting interval, written into the fleet policy.
 	// Default 10s.
 	Interval time.Duration
-	// Duration is the measured window, which starts once every node is
-	// enrolled. Default 30s.
+	// Duration is the measured window. Default 30s.
 	Duration time.Duration
+	// Warmup is the time between the last enrolment and the window, so
+	// that every node has reported once (opened its connection) before
+	// measuring. Default: one Interval.
+	Warmup time.Duration
 	// Domain names the fleet's domain. Default "fleet".
 	Domain string
 	// NodePrefix starts every node name. Default "fleet-".
@@ -60,6 +64,11 @@ type Config struct {
 	// SkipPolicy leaves the controller's policy alone: it must already
 	// hold the fleet policy (Policy(Domain, Interval)).
 	SkipPolicy bool
+	// Profile takes a CPU profile of the measured window (Result.Profile)
+	// and splits the CPU time by the goroutine label "side" (Local labels
+	// the controller's goroutines "controller", Run the agents' "fleet").
+	// It fails the run if another CPU profile is running.
+	Profile bool
 	// Progress, if set, is called about every second.
 	Progress func(Progress)
 	// Logger receives debug logs. Default: discard.
@@ -89,6 +98,9 @@ func (c *Config) validate() error {
 	}
 	if c.Duration <= 0 {
 		c.Duration = 30 * time.Second
+	}
+	if c.Warmup <= 0 {
+		c.Warmup = c.Interval
 	}
 	if c.Domain == "" {
 		c.Domain = "fleet"
@@ -120,6 +132,7 @@ type Phase string
 // Phases of a run.
 const (
 	PhaseEnrol   Phase = "enrol"
+	PhaseWarmup  Phase = "warmup"
 	PhaseMeasure Phase = "measure"
 )
 
@@ -136,8 +149,11 @@ type Progress struct {
 
 // String is a one-line progress report.
 func (p Progress) String() string {
-	if p.Phase == PhaseEnrol {
+	switch p.Phase {
+	case PhaseEnrol:
 		return fmt.Sprintf("enrol  %6.1fs  %d/%d nodes enrolled, %d errors", p.Elapsed.Seconds(), p.Enrolled, p.Agents, p.Errors)
+	case PhaseWarmup:
+		return fmt.Sprintf("warmup %6.1fs  every node reports once before the window, %d errors", p.Elapsed.Seconds(), p.Errors)
 	}
 	rate := 0.0
 	if p.Elapsed > 0 {
@@ -167,11 +183,45 @@ type Result struct {
 	// NotVerified counts verdicts in report responses that were not
 	// "verified".
 	NotVerified int
+	// Reasons counts the controller's reasons for the members that are not
+	// verified at the end.
+	Reasons map[string]int
 	// CPU is this process's CPU time (user+system) during the window, and
 	// HeapInuse its heap in use at the end: they include the simulated
 	// agents when the controller runs in this process.
 	CPU       time.Duration
 	HeapInuse uint64
+	// With Config.Profile: the window's CPU profile (gzipped
+	// profile.proto) and its CPU time by the "side" label ("controller",
+	// "fleet", and "" for the runtime's unlabelled work such as garbage
+	// collection).
+	Profile   []byte
+	CPUBySide map[string]time.Duration
+	// With Config.Profile: the live heap at the end of the window by who
+	// allocated it, and the goroutine stacks in use (both sides).
+	Heap       Heap
+	StackInuse uint64
+}
+
+// ControllerHeapPerMember is the heap attributed to the controller per
+// member (Heap.Other, the unattributed rest, is left out). Zero without a
+// profile.
+func (r *Result) ControllerHeapPerMember() uint64 {
+	if r.Members == 0 {
+		return 0
+	}
+	return r.Heap.Controller / uint64(r.Members)
+}
+
+// ControllerCPU estimates the controller's CPU time in the window: its
+// labelled samples plus its share (by labelled time) of the unlabelled
+// ones. Zero without a profile.
+func (r *Result) ControllerCPU() time.Duration {
+	c, f, u := r.CPUBySide["controller"], r.CPUBySide["fleet"], r.CPUBySide[""]
+	if c+f == 0 {
+		return 0
+	}
+	return c + time.Duration(float64(u)*float64(c)/float64(c+f))
 }
 
 // DeadlineMisses is the number of members the controller marked stale.
@@ -343,7 +393,33 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	cfg.Logger.InfoContext(ctx, "fleet enrolled", "nodes", res.Enrolled, "took", res.EnrolTime)
 
+	// Warm up: every node reports once.
+	wu := cfg.Now()
+	warm := time.NewTimer(cfg.Warmup)
+	tick := time.NewTicker(time.Second)
+warmup:
+	for {
+		select {
+		case <-ctx.Done():
+			tick.Stop()
+			return nil, ctx.Err()
+		case <-warm.C:
+			break warmup
+		case <-tick.C:
+			if cfg.Progress != nil {
+				cfg.Progress(Progress{Phase: PhaseWarmup, Elapsed: cfg.Now().Sub(wu), Enrolled: res.Enrolled, Agents: cfg.Agents, Errors: int(st.errors.Load())})
+			}
+		}
+	}
+	tick.Stop()
+
 	// The measured window.
+	var prof bytes.Buffer
+	if cfg.Profile {
+		if err := pprof.StartCPUProfile(&prof); err != nil {
+			return nil, fmt.Errorf("fleet: cpu profile: %w", err)
+		}
+	}
 	cpu0 := processCPU()
 	wstart := cfg.Now()
 	st.start(wstart)
@@ -355,6 +431,9 @@ measure:
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if cfg.Profile {
+				pprof.StopCPUProfile()
+			}
 			return nil, ctx.Err()
 		case <-deadline.C:
 			break measure
@@ -368,9 +447,19 @@ measure:
 	t.Stop()
 	res.Window = cfg.Now().Sub(wstart)
 	res.CPU = processCPU() - cpu0
+	if cfg.Profile {
+		pprof.StopCPUProfile()
+		res.Profile = prof.Bytes()
+		if res.CPUBySide, err = CPUByLabel(res.Profile, "side"); err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	res.HeapInuse = ms.HeapInuse
+	res.HeapInuse, res.StackInuse = ms.HeapInuse, ms.StackInuse
+	if cfg.Profile {
+		res.Heap = HeapBySide()
+	}
 	st.mu.Lock()
 	st.measuring = false
 	lat := slices.Clone(st.lat)
@@ -411,6 +500,16 @@ measure:
 			res.Stale++
 		default:
 			res.Violated++
+		}
+		if v.GetStatus() != tvdv1.Status_STATUS_VERIFIED {
+			if res.Reasons == nil {
+				res.Reasons = map[string]int{}
+			}
+			r := v.GetReason()
+			if i := strings.Index(r, "since"); strings.HasPrefix(r, "stale") && i > 0 {
+				r = r[:i] + "…" // the times differ per member
+			}
+			res.Reasons[r]++
 		}
 	}
 	return res, nil

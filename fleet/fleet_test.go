@@ -30,7 +30,7 @@ func TestFleetAgainstLocalController(t *testing.T) {
 			t.Errorf("close controller: %v", err)
 		}
 	}()
-	res, err := Run(ctx, Config{Controller: lc.URL, Admin: lc.Admin, EKCA: ekca, Agents: 50, Interval: time.Second, Duration: 2 * time.Second, NodePrefix: "fleettest-"})
+	res, err := Run(ctx, Config{Controller: lc.URL, Admin: lc.Admin, EKCA: ekca, Agents: 50, Interval: time.Second, Duration: 2 * time.Second, Warmup: 500 * time.Millisecond, NodePrefix: "fleettest-"})
 	if err != nil {
 		t.Fatal(err)
 	}
