@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -689,6 +690,11 @@ func Down(ctx context.Context, dir string, keepFiles bool, out io.Writer) error 
 	}
 	for _, l := range links {
 		if err := ip(ctx, "link", "del", l); err != nil {
+			// Deleting the underlay namespace deletes the host link's
+			// peer, and with it the link, asynchronously.
+			if now, lerr := LabLinks(ctx); lerr == nil && !slices.Contains(now, l) {
+				continue
+			}
 			errs = append(errs, err)
 			continue
 		}
