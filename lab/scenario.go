@@ -156,8 +156,30 @@ func ParseScenario(name string, b []byte) (*Scenario, error) {
 	return &s, nil
 }
 
+var (
+	unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+	unmarshalRE    = regexp.MustCompile("cannot unmarshal !!(\\w+) (`[^`]*` )?into (\\S+)")
+)
+
+// cleanYAMLError words a decoder error for the author of the file.
 func cleanYAMLError(err error) error {
-	return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.ReplaceAll(msg, "unmarshal errors:\n  ", "")
+	msg = unknownFieldRE.ReplaceAllString(msg, "unknown field $1")
+	msg = unmarshalRE.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := unmarshalRE.FindStringSubmatch(m)
+		want := map[string]string{"string": "a string", "[]string": "a list of strings", "map[string]string": "a mapping of strings"}[sub[3]]
+		if want == "" {
+			want = "a " + strings.TrimPrefix(strings.TrimPrefix(sub[3], "[]lab."), "lab.")
+			if strings.HasPrefix(sub[3], "[]") {
+				want = "a list"
+			} else if strings.HasPrefix(sub[3], "lab.") {
+				want = "a mapping"
+			}
+		}
+		return fmt.Sprintf("got a %s, want %s", map[string]string{"str": "string", "seq": "list", "map": "mapping", "int": "number", "bool": "boolean", "float": "number", "null": "null"}[sub[1]], want)
+	})
+	return errors.New(msg)
 }
 
 func (s *Scenario) check() error {

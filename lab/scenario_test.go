@@ -132,7 +132,9 @@ func TestScenarioErrors(t *testing.T) {
 	for _, c := range []struct{ name, src, want string }{
 		{"empty", "", "empty; want a Scenario document"},
 		{"kind", strings.Replace(ok, "Scenario", "Domain", 1), `kind "Domain": want kind: Scenario`},
-		{"unknown field", ok + "extra: 1\n", "field extra not found"},
+		{"unknown field", ok + "extra: 1\n", "line 7: unknown field extra"},
+		{"wrong type", "kind: Scenario\nname: s\nnodes: {a: b}\n", "line 3: got a mapping, want a list"},
+		{"run type", strings.Replace(ok, "role: r}", "role: r, run: x}", 1), "got a string, want a list of strings"},
 		{"no nodes", "kind: Scenario\nname: s\n", "no nodes"},
 		{"bad node", strings.Replace(ok, "name: n1", "name: N_1", 1), `nodes[0]: name "N_1"`},
 		{"reserved", strings.Replace(ok, "name: n1", "name: ul", 1), "reserved by the lab"},
