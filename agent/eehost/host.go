@@ -228,11 +228,10 @@ func (h *Host) sink(ev monitor.Event) {
 		if rec != nil {
 			rec.failed = fmt.Errorf("measure %s: %w", ev.Path, err)
 		}
-		closed := h.closed
-		h.mu.Unlock()
-		if !closed {
+		if !h.closed {
 			// Not here: the exec that raised this event waits for the
-			// monitor, and the freezer waits for the exec.
+			// monitor, and the freezer waits for the exec. (Added under
+			// h.mu, so Close, which sets closed first, waits for it.)
 			h.wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
@@ -241,6 +240,7 @@ func (h *Host) sink(ev monitor.Event) {
 				}
 			})
 		}
+		h.mu.Unlock()
 		return
 	}
 	if ev.Err != nil {
@@ -283,7 +283,7 @@ func (h *Host) startOne(ctx context.Context, e agent.EEConfig) error {
 	}
 	if _, ok := h.ees[e.Name]; ok {
 		h.mu.Unlock()
-		return fmt.Errorf("listed twice")
+		return errors.New("listed twice")
 	}
 	h.ees[e.Name] = rec
 	h.order = append(h.order, e.Name)

@@ -316,6 +316,34 @@ func TestLinuxHost(t *testing.T) {
 		rec.waitMeasured(t, "/tmp/true", func(m measurement) bool { return m.EE == "eh-a" && m.Digest == digestOf(prog) })
 	})
 
+	t.Run("LostMeasurementFreezes", func(t *testing.T) {
+		prog := append(append([]byte(nil), busybox...), "eehost unrecorded"...)
+		rec.mu.Lock()
+		rec.failFor = digestOf(prog)
+		rec.mu.Unlock()
+		st, _ := drv.Status(ctx, "eh-b")
+		if err := os.WriteFile(filepath.Join(st.Root, "root/true"), prog, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		drv.Exec(ctx, "eh-b", []string{"/root/true"}, ee.IO{}) // denied: unlisted in enforce mode
+		s := waitEEState(t, h, "eh-b", tvdv1.EEState_EE_STATE_FAILED)
+		if !strings.Contains(s.GetError(), "device gone") {
+			t.Fatalf("failed ee error %q, want the measurement error", s.GetError())
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if st, _ := drv.Status(ctx, "eh-b"); st.State == ee.StateFrozen {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("ee not frozen after a lost measurement")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := h.MarkTrusted(ctx, "eh-b"); err == nil {
+			t.Fatal("a failed ee was marked trusted")
+		}
+	})
+
 	// Close leaves no mounts, cgroups or processes.
 	layout := drv.Layout()
 	closed = true
@@ -340,5 +368,47 @@ func TestLinuxHost(t *testing.T) {
 	}
 	if len(h.Status()) != 2 {
 		t.Error("status after close lost the EEs")
+	}
+}
+
+func TestNewDriverRemovesLeftovers(t *testing.T) {
+	if _, err := linux.Probe(); err != nil {
+		t.Skipf("linux ee driver unavailable here (needs root, overlayfs, a cgroup freezer): %v", err)
+	}
+	dir := t.TempDir()
+	// What an agent killed mid-run leaves: an EE filesystem with the
+	// driver's state bound from it.
+	fsDir := filepath.Join(dir, "ees", "eh-dead")
+	state := filepath.Join(dir, "ee-state", "eh-dead")
+	for _, d := range []string{fsDir, state, filepath.Join(dir, "images", "base")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mount("tvd-eehost-test", fsDir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(fsDir, syscall.MNT_DETACH) })
+	os.Mkdir(filepath.Join(fsDir, "state"), 0o755)
+	if err := syscall.Mount(filepath.Join(fsDir, "state"), state, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(state, syscall.MNT_DETACH) })
+	d, err := NewDriver(DriverLinux, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.(*linux.Driver).Close(context.Background())
+	if m := mountsUnder(t, dir); len(m) > 0 {
+		t.Fatalf("mounts left: %v", m)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ees")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ees dir: %v, want removed", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "images", "base")); err != nil {
+		t.Fatalf("images removed: %v", err)
+	}
+	if _, err := NewDriver("kvm", dir, nil); err == nil {
+		t.Fatal("unknown driver accepted")
 	}
 }

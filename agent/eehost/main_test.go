@@ -82,15 +82,20 @@ type measurement struct {
 }
 
 // recorder records what the host measures and what the monitor decides.
+// A measurement of digest failFor fails, as a TPM that stopped answering.
 type recorder struct {
-	mu     sync.Mutex
-	ms     []measurement
-	events []monitor.Event
+	mu      sync.Mutex
+	ms      []measurement
+	events  []monitor.Event
+	failFor [32]byte
 }
 
 func (r *recorder) measure(ee, path string, d [32]byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if d == r.failFor {
+		return errors.New("tpm: extend: device gone")
+	}
 	r.ms = append(r.ms, measurement{ee, path, d})
 	return nil
 }

@@ -29,8 +29,7 @@ func TestProcessHost(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()
-	drv, err := process.New(process.Config{StateDir: filepath.Join(dir, "state"), StopTimeout: 300 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	drv, err := NewDriver(DriverProcess, filepath.Join(dir, "data"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +111,7 @@ func TestProcessHost(t *testing.T) {
 			t.Errorf("ee process %d still there after Close: %v", pid, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "state", "eh-p")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, "data", "ee-state", "eh-p")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ee state left behind: %v", err)
 	}
 	if err := h.Do(ctx, instruction("p-late", tvdv1.Reaction_REACTION_FREEZE, "eh-p")); err == nil {
