@@ -45,7 +45,7 @@ the underlay, one namespace per node, a swtpm per node with an EK certificate
 from the lab CA, the controller, the policy, the scenario's admin credentials
 and one agent per node. It returns when every EE is a verified member at
 assurance tpm; the lab keeps running until tvd lab down.`,
-		Example: `  tvd lab up examples/lab/outsourcing.yaml
+		Example: `  tvd lab up examples/outsourcing
   export TVD_CREDS=/var/lib/tvd-lab/controller/admin
   tvd members`,
 		Args: cobra.ExactArgs(1),

@@ -215,7 +215,7 @@ func upAndCheck(t *testing.T, scenario, dir string, wantEEs int) *Snapshot {
 func TestOutsourcingLab(t *testing.T) {
 	needLab(t)
 	dir := labDir(t)
-	snap := upAndCheck(t, "../examples/lab/outsourcing.yaml", dir, 8)
+	snap := upAndCheck(t, "../examples/outsourcing", dir, 8)
 	table := mustTVD(t, nil, "lab", "status", "--dir", dir)
 	for _, want := range []string{"yellow-dc", "red-client2", "yellow/management-console", "8 of 8 EEs verified"} {
 		if !strings.Contains(table, want) {
@@ -261,7 +261,7 @@ func TestOutsourcingLab(t *testing.T) {
 		t.Errorf("unknown target: %v", err)
 	}
 	// A second up refuses to start over a running lab.
-	if _, err := runTVD(t, nil, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir); err == nil || !strings.Contains(err.Error(), "already") {
+	if _, err := runTVD(t, nil, "lab", "up", "../examples/outsourcing", "--dir", dir); err == nil || !strings.Contains(err.Error(), "already") {
 		t.Errorf("second up: %v", err)
 	}
 
@@ -298,7 +298,7 @@ func TestOutsourcingLab(t *testing.T) {
 func TestDownAfterCrashedUp(t *testing.T) {
 	needLab(t)
 	dir := labDir(t)
-	cmd := exec.Command(tvdBin, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir)
+	cmd := exec.Command(tvdBin, "lab", "up", "../examples/outsourcing", "--dir", dir)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -334,7 +334,7 @@ func TestDownAfterCrashedUp(t *testing.T) {
 func TestPayrollLab(t *testing.T) {
 	needLab(t)
 	dir := labDir(t)
-	upAndCheck(t, "../examples/lab/payroll.yaml", dir, 12)
+	upAndCheck(t, "../examples/payroll", dir, 12)
 	cio := filepath.Join(dir, "creds", "tmart-cio")
 	var members struct {
 		Members []struct {
@@ -366,7 +366,7 @@ func TestPayrollLab(t *testing.T) {
 func TestPreflight(t *testing.T) {
 	needBinary(t)
 	dir := filepath.Join(t.TempDir(), "lab")
-	out, err := runTVD(t, []string{"PATH=/nonexistent"}, "lab", "up", "../examples/lab/outsourcing.yaml", "--dir", dir)
+	out, err := runTVD(t, []string{"PATH=/nonexistent"}, "lab", "up", "../examples/outsourcing", "--dir", dir)
 	if err == nil {
 		t.Fatalf("up without swtpm and ip succeeded:\n%s", out)
 	}

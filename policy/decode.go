@@ -132,6 +132,9 @@ func (d *decoder) document(p *Policy, n *yaml.Node) {
 		p.Mappings = append(p.Mappings, d.mapping(n))
 	case "Tests":
 		p.Tests = append(p.Tests, d.tests(n))
+	case "Scenario":
+		// A lab scenario (package lab) may sit beside the policy it
+		// deploys; it is not part of the policy.
 	default:
 		d.errf(kind, "unknown kind %q; expected one of: %s%s", kind.Value, strings.Join(kinds, ", "), suggest(kind.Value, kinds))
 	}
