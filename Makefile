@@ -23,18 +23,8 @@ test: deps build ## vet, run every test (as root the namespace, nftables, TPM an
 	$(GO) test -tags $(TAGS) -count=1 -timeout 25m ./...
 	scripts/fuzz.sh $(FUZZTIME)
 
-demo: deps build ## the main job: the policy tools on the paper's case study 1 (examples/outsourcing)
-	@echo "== tvd policy lint examples/outsourcing"
-	@$(BIN) policy lint examples/outsourcing
-	@echo
-	@echo "== tvd policy explain examples/outsourcing"
-	@$(BIN) policy explain examples/outsourcing
-	@echo
-	@echo "== tvd policy test -v examples/outsourcing   (the paper's Table 3, cell by cell)"
-	@$(BIN) policy test -v examples/outsourcing
-	@echo
-	@echo "== tvd policy query examples/outsourcing --from yellow/management-console --to red/client-os -o json"
-	@$(BIN) policy query examples/outsourcing --from yellow/management-console --to red/client-os -o json
+demo: deps build ## the main job: the paper's case study 1 as a lab (nodes with swtpm, controller, agents), then torn down
+	@scripts/demo.sh
 
 bench: deps ## run the Go benchmarks; each prints its figure as a ratio against a baseline from the same run
 	$(GO) test -tags $(TAGS) -run '^$$' -bench . -benchmem -benchtime 500ms ./...
