@@ -1,6 +1,8 @@
 # tvd: Trusted Virtual Domains. `make help` lists the targets.
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+# The module builds on its own: a go.work in a parent directory must not pull it into a workspace.
+export GOWORK := off
 GO ?= go
 TAGS ?= tpmsimulator
 BIN := bin/tvd
