@@ -189,7 +189,9 @@ func printFleetResult(w io.Writer, r *fleet.Result, verifyRate float64, local bo
 	fmt.Fprintf(tw, "report errors / lost nodes\t%d / %d\t\t\t\n", r.Errors, r.LostNodes)
 	fmt.Fprintf(tw, "raw ECDSA P-256 verify\t%.0f/s per core\t(baseline, this run)\t\t\n", verifyRate)
 	fmt.Fprintf(tw, "process CPU\t%v = %.2f cores of %d\t\t\t\n", r.CPU.Round(time.Millisecond), r.CPU.Seconds()/r.Window.Seconds(), runtime.NumCPU())
-	if cc := r.ControllerCPU(); local && cc > 0 {
+	if cc := r.ControllerCPU(); local && cc == 0 {
+		fmt.Fprintf(tw, "controller CPU\t(too few profile samples; run longer)\t\t\t\n")
+	} else if local {
 		perCore := float64(r.Reports) / cc.Seconds()
 		fmt.Fprintf(tw, "controller CPU\t%v = %.2f cores\t(profile, side=controller)\t\t\n", cc.Round(time.Millisecond), cc.Seconds()/r.Window.Seconds())
 		fmt.Fprintf(tw, "appraisals per controller core-s\t%.0f\tvs ECDSA verify %.0f; goal ≥ %.2f\t%.3f\t%s\n", perCore, verifyRate, goalVerifyRatio, perCore/verifyRate, ok(perCore/verifyRate >= goalVerifyRatio))

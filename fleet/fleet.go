@@ -322,7 +322,19 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	nodes := make(chan *node, cfg.Agents)
 
 	var wg sync.WaitGroup // the nodes' report loops
-	defer wg.Wait()
+	defer func() {
+		// Stop every node and close its connection, whatever happened.
+		stop()
+		wg.Wait()
+		for {
+			select {
+			case n := <-nodes:
+				n.cl.HTTP.CloseIdleConnections()
+			default:
+				return
+			}
+		}
+	}()
 	start := cfg.Now()
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.SetLimit(cfg.EnrolConcurrency)
@@ -382,10 +394,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	err = eg.Wait()
 	<-progressDone
 	if err != nil {
-		stop()
 		return nil, fmt.Errorf("fleet: enrol: %w", err)
 	}
-	close(nodes)
 	res.Enrolled = int(enrolled.Load())
 	res.EnrolTime = cfg.Now().Sub(start)
 	if enrolClient != nil {
@@ -464,11 +474,6 @@ measure:
 	st.measuring = false
 	lat := slices.Clone(st.lat)
 	st.mu.Unlock()
-	stop()
-	wg.Wait()
-	for n := range nodes {
-		n.cl.HTTP.CloseIdleConnections()
-	}
 	slices.Sort(lat)
 	res.Reports = len(lat)
 	res.AppraisalsPerSec = float64(len(lat)) / res.Window.Seconds()
