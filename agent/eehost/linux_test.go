@@ -316,6 +316,7 @@ func TestLinuxHost(t *testing.T) {
 		rec.waitMeasured(t, "/tmp/true", func(m measurement) bool { return m.EE == "eh-a" && m.Digest == digestOf(prog) })
 	})
 
+	lostExecDone := make(chan struct{})
 	t.Run("LostMeasurementFreezes", func(t *testing.T) {
 		prog := append(append([]byte(nil), busybox...), "eehost unrecorded"...)
 		rec.mu.Lock()
@@ -325,7 +326,13 @@ func TestLinuxHost(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(st.Root, "root/true"), prog, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		drv.Exec(ctx, "eh-b", []string{"/root/true"}, ee.IO{}) // denied: unlisted in enforce mode
+		// Denied (unlisted in enforce mode). The EE's supervisor may be
+		// frozen before it reports the exit, and then the Exec waits
+		// until Close stops the EE.
+		go func() {
+			defer close(lostExecDone)
+			drv.Exec(ctx, "eh-b", []string{"/root/true"}, ee.IO{})
+		}()
 		s := waitEEState(t, h, "eh-b", tvdv1.EEState_EE_STATE_FAILED)
 		if !strings.Contains(s.GetError(), "device gone") {
 			t.Fatalf("failed ee error %q, want the measurement error", s.GetError())
@@ -349,6 +356,11 @@ func TestLinuxHost(t *testing.T) {
 	closed = true
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-lostExecDone:
+	case <-time.After(10 * time.Second):
+		t.Error("an exec in a frozen EE did not end with Close")
 	}
 	if m := mountsUnder(t, dir); len(m) > 0 {
 		t.Fatalf("mounts left behind: %v", m)
