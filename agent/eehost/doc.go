@@ -34,8 +34,18 @@
 //     the host's filesystem, which the monitor cannot mark (and the driver
 //     isolates nothing anyway). Only the image is measured at start.
 //   - Keep EE state across agent restarts: each EE's filesystem is a tmpfs
-//     (memory), and Close destroys every EE. Trusted snapshots are files in
-//     DataDir/snapshots and are removed with their EE.
+//     (memory, capped by Config.FSBytes, holding a full copy of the image),
+//     Close destroys every EE, and NewDriver removes what an agent that
+//     died left behind, so every agent start recreates the EEs from their
+//     images. Trusted snapshots are files in DataDir/snapshots and go with
+//     their EE.
+//   - Close the monitor's blind spots (see ee/monitor): code not started by
+//     execve of a file on the EE's filesystem is not measured. In
+//     particular memfd_create + execveat is not stopped unless the driver
+//     sets vm.memfd_noexec=2 in the EE's pid namespace, which ee/linux
+//     does not do yet.
+//   - Re-measure a program that runs again unchanged: the agent's log
+//     holds one entry per (EE, path, content) between rollbacks.
 //   - Decide what is trusted: MarkTrusted snapshots whatever the EE holds
 //     when the agent calls it, and Lookup is the agent's allowlist.
 //   - Quarantine: that is the data plane's; Do accepts it and does nothing.

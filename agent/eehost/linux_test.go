@@ -141,9 +141,11 @@ func TestLinuxHost(t *testing.T) {
 			}
 		}
 	})
+	began := time.Now()
 	if err := h.Start(ctx, []agent.EEConfig{{Name: "eh-a", Domain: "red", Role: "web"}, {Name: "eh-b", Domain: "blue", Role: "db"}}); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("two EEs started (base image built, copied, watched, snapshotted, measured) in %v", time.Since(began))
 	_, baseDigest, err := h.ResolveImage("")
 	if err != nil {
 		t.Fatal(err)
@@ -275,9 +277,11 @@ func TestLinuxHost(t *testing.T) {
 		if err := drv.Exec(ctx, "eh-b", []string{"sh", "-c", "echo implant > /after; rm /etc/hosts"}, ee.IO{}); err != nil {
 			t.Fatal(err)
 		}
+		began := time.Now()
 		if err := h.Do(ctx, instruction("i-rollback-b", tvdv1.Reaction_REACTION_ROLLBACK, "eh-b")); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("rollback (stop, restore, measure, start) took %v", time.Since(began))
 		waitEEState(t, h, "eh-b", tvdv1.EEState_EE_STATE_RUNNING)
 		var out bytes.Buffer
 		err := drv.Exec(ctx, "eh-b", []string{"sh", "-c", "cat /keep; test -e /after && echo after; test -e /etc/hosts && echo hosts"}, ee.IO{Stdout: &out})
