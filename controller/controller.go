@@ -96,6 +96,8 @@ type Controller struct {
 	// webTok signs dashboard login tokens and sessions; its key lives in
 	// memory only, so a restart logs every browser out.
 	webTok *web.Tokens
+	// refusals rate-limits the audit entries of refused handshakes.
+	refusals tlsRefusals
 }
 
 // New opens (or, on first start, creates) the deployment: the CA, the
@@ -213,9 +215,65 @@ func (c *Controller) serverTLS() error {
 	// The root travels with the leaf so that an enrolling agent can match
 	// it against the CA hash in its join token.
 	cert := tls.Certificate{Certificate: [][]byte{der, c.ca.Certificate().Raw}, PrivateKey: key}
-	c.tls = c.ca.Bundle().ServerTLSConfig(cert, tls.VerifyClientCertIfGiven)
+	// RequestClientCert: the bundle's VerifyPeerCertificate checks every
+	// presented chain itself (crypto/tls would otherwise refuse a foreign
+	// chain before any hook sees it, and the refusal could not be audited).
+	c.tls = c.ca.Bundle().ServerTLSConfig(cert, tls.RequestClientCert)
 	c.tls.NextProtos = []string{"h2", "http/1.1"}
+	// A client certificate the deployment does not accept (another CA,
+	// expired) ends the handshake; the refusal is audited too.
+	verify := c.tls.VerifyPeerCertificate
+	c.tls.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			c.auditTLSRefusal(raw, err)
+		}
+		return err
+	}
 	return nil
+}
+
+// tlsRefusals limits how many refused handshakes per second reach the audit
+// log, so a flood of them cannot flood the log; the rest are counted in the
+// operational log.
+type tlsRefusals struct {
+	mu      sync.Mutex
+	second  int64
+	n       int
+	dropped int
+}
+
+const maxAuditedRefusalsPerSecond = 20
+
+// auditTLSRefusal records a refused client certificate.
+func (c *Controller) auditTLSRefusal(raw [][]byte, reason error) {
+	now := c.now()
+	c.refusals.mu.Lock()
+	if s := now.Unix(); s != c.refusals.second {
+		if c.refusals.dropped > 0 {
+			c.log.Warn("refused TLS handshakes not audited (rate limit)", "count", c.refusals.dropped)
+		}
+		c.refusals.second, c.refusals.n, c.refusals.dropped = s, 0, 0
+	}
+	c.refusals.n++
+	over := c.refusals.n > maxAuditedRefusalsPerSecond
+	if over {
+		c.refusals.dropped++
+	}
+	c.refusals.mu.Unlock()
+	if over {
+		return
+	}
+	subject := "unknown client"
+	if len(raw) > 0 {
+		if leaf, err := x509.ParseCertificate(raw[0]); err == nil {
+			subject = leaf.Subject.String()
+			if len(leaf.URIs) > 0 {
+				subject = leaf.URIs[0].String()
+			}
+		}
+	}
+	c.record(context.Background(), audit.Entry{Kind: audit.KindRefuse, Subject: subject, Detail: map[string]string{"reason": "client certificate refused at the TLS handshake: " + reason.Error()}})
 }
 
 func dedupe(in []string) []string {
