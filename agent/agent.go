@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -77,6 +78,22 @@ type DataPlane interface {
 	Close() error
 }
 
+// imageResolver is implemented by EE hosts that know the digest of the
+// image an EE runs.
+type imageResolver interface {
+	ResolveImage(ref string) (dir, digest string, err error)
+}
+
+// isolationReporter is implemented by EE hosts that know how strongly
+// their driver isolates EEs ("strong" or "weak").
+type isolationReporter interface{ Isolation() string }
+
+// trustMarker is implemented by EE hosts that keep a trusted snapshot of
+// each EE for the rollback reaction.
+type trustMarker interface {
+	MarkTrusted(ctx context.Context, ee string) error
+}
+
 // EEHost creates, runs and controls the node's EEs (the paper's
 // container). The agent starts it before enrolling, asks it for status on
 // every report, and hands it the plan's instructions (freeze, rollback).
@@ -112,6 +129,7 @@ type Agent struct {
 	renewStream context.CancelFunc
 	channelKeys []*tvdv1.ChannelKey
 	done        map[string]bool // instructions carried out
+	trusted     map[string]bool // EEs with a trusted snapshot from a verified state
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
@@ -132,7 +150,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.ReportEvery <= 0 {
 		cfg.ReportEvery = 5 * time.Second
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}, trusted: map[string]bool{}}
 	a.name = cfg.Node.Node
 	if a.name == "" {
 		h, err := os.Hostname()
@@ -168,11 +186,6 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if a.cl, err = client.Dial(a.creds, cfg.Controller); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if cfg.EEs != nil {
-		if err := cfg.EEs.Start(ctx, cfg.Node.EEs); err != nil {
-			return nil, fmt.Errorf("agent: start EEs: %w", err)
-		}
-	}
 	if p, err := a.loadPlan(); err == nil {
 		a.plan = p
 		a.log.Info("resuming on the last plan", "version", p.GetVersion(), "members", len(p.GetMembers()))
@@ -194,7 +207,24 @@ func (a *Agent) eeSpecs() ([]*tvdv1.EESpec, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &tvdv1.EESpec{Name: e.Name, ImageDigest: e.Image, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: e.Claims, Csr: csr})
+		digest := e.Image
+		claims := e.Claims
+		if r, ok := a.cfg.EEs.(imageResolver); ok {
+			if _, d, err := r.ResolveImage(e.Image); err == nil {
+				digest = d
+			} else {
+				return nil, fmt.Errorf("EE %s: %w", e.Name, err)
+			}
+		}
+		if iso, ok := a.cfg.EEs.(isolationReporter); ok {
+			// The EE's isolation is the driver's to say, not the config's.
+			claims = maps.Clone(claims)
+			if claims == nil {
+				claims = map[string]string{}
+			}
+			claims["ee.isolation"] = iso.Isolation()
+		}
+		out = append(out, &tvdv1.EESpec{Name: e.Name, ImageDigest: digest, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: claims, Csr: csr})
 	}
 	return out, nil
 }
@@ -255,6 +285,21 @@ func (a *Agent) enroll(ctx context.Context, dir string) error {
 
 // Run keeps the plan stream open, reports and renews until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.EEs != nil {
+		// The EEs start before the node talks to the controller: their
+		// images and first execs are measured, and the first report
+		// carries them.
+		if err := a.cfg.EEs.Start(ctx, a.cfg.Node.EEs); err != nil {
+			return fmt.Errorf("agent: start EEs: %w", err)
+		}
+		if r, ok := a.cfg.DataPlane.(interface {
+			Reconcile(context.Context) ([]*tvdv1.DomainAck, []*tvdv1.ChannelKey, error)
+		}); ok && a.plan != nil {
+			if _, _, err := r.Reconcile(ctx); err != nil {
+				a.log.Warn("data plane: re-attach EEs", "err", err)
+			}
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.watchLoop(gctx) })
 	g.Go(func() error { return a.reportLoop(gctx) })
@@ -524,6 +569,19 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	if a.att != nil {
 		a.att.setCursor(resp.Msg.GetCursor())
 	}
+	if tm, ok := a.cfg.EEs.(trustMarker); ok {
+		for _, v := range resp.Msg.GetVerdicts() {
+			ee := v.GetMember().GetEe()
+			if v.GetStatus() == tvdv1.Status_STATUS_VERIFIED && !a.trusted[ee] {
+				a.trusted[ee] = true
+				go func() {
+					if err := tm.MarkTrusted(context.WithoutCancel(ctx), ee); err != nil {
+						a.log.Warn("trusted snapshot", "ee", ee, "err", err)
+					}
+				}()
+			}
+		}
+	}
 	a.pendingAcks = a.pendingAcks[len(acks):]
 	a.lastContact = a.now()
 	return resp.Msg, nil
@@ -604,8 +662,11 @@ func (a *Agent) lossLoop(ctx context.Context) error {
 			return nil
 		}
 		a.mu.Lock()
-		fu := a.plan.GetFreshUntil()
-		if fu != nil && !a.lost && a.now().After(fu.AsTime()) && a.lastContact.Before(fu.AsTime()) {
+		// A plan stays fresh for as long after the last contact with the
+		// controller (a report or a plan) as the controller granted when it
+		// made the plan.
+		fresh := a.plan.GetFreshUntil().AsTime().Sub(a.plan.GetIssuedAt().AsTime())
+		if a.plan.GetFreshUntil() != nil && fresh > 0 && !a.lost && a.now().Sub(a.lastContact) > fresh {
 			a.lost = true
 			a.log.Warn("controller lost: keeping the last plan under the domains' rule",
 				"rule", a.plan.GetOnControllerLoss(), "plan_version", a.plan.GetVersion(), "last_contact", a.lastContact.UTC().Format(time.RFC3339))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -179,8 +180,12 @@ func (a *Agent) enrollTPM(ctx context.Context, cl *client.Client, req *tvdv1.Enr
 // so the controller appraises it within one push. On a node without a TPM
 // it only triggers the report.
 func (a *Agent) Measure(ee, path string, digest [32]byte) error {
+	typ := attest.EventExec
+	if strings.HasPrefix(path, "image:") {
+		typ = attest.EventEEStart // the EE starts from this image
+	}
 	if a.att != nil {
-		if err := a.att.measure(attest.EventExec, ee, path, digest); err != nil {
+		if err := a.att.measure(typ, ee, path, digest); err != nil {
 			return fmt.Errorf("measure %s in %s: %w", path, ee, err)
 		}
 	}

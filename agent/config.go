@@ -27,12 +27,16 @@ type NodeConfig struct {
 
 // EEConfig is one EE the node hosts.
 type EEConfig struct {
-	Name   string            `yaml:"name"`
-	Image  string            `yaml:"image"`
-	Domain string            `yaml:"domain"`
-	Role   string            `yaml:"role"`
-	Owner  string            `yaml:"owner"`
-	Claims map[string]string `yaml:"claims"`
+	Name string `yaml:"name"`
+	// Image is the EE's image: a name in the agent's image directory, an
+	// absolute path, a sha256: digest, or empty for the busybox base image.
+	Image string `yaml:"image"`
+	// Command is the EE's workload; empty runs the EE host's default.
+	Command []string          `yaml:"command"`
+	Domain  string            `yaml:"domain"`
+	Role    string            `yaml:"role"`
+	Owner   string            `yaml:"owner"`
+	Claims  map[string]string `yaml:"claims"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -177,6 +177,16 @@ func (c *Controller) appraise(ctx context.Context, n, upd *nodeRec, r *tvdv1.Rep
 		if !ok {
 			continue
 		}
+		if e.Type == attest.EventEEStart {
+			// The EE started from an image: it must be the one the EE
+			// declared when it asked to join.
+			if m.Image != "" && m.Image != "sha256:"+hex.EncodeToString(e.FileDigest[:]) {
+				if _, dup := violations[m.EE]; !dup {
+					violations[m.EE] = fmt.Sprintf("EE started from image sha256:%x, not the image %s it joined with; log entry %d", e.FileDigest, m.Image, e.Seq)
+				}
+			}
+			continue
+		}
 		if name, ok := d.Allowed(e.FileDigest); ok {
 			set, _, _ := strings.Cut(name, "/")
 			if !slices.Contains(passed[m.EE], set) {

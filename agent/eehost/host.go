@@ -744,3 +744,15 @@ func (h *Host) teardown(ctx context.Context, rec *eeRec) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Isolation says how strongly the host's driver isolates EEs: "strong"
+// for the linux driver (namespaces, overlayfs, cgroups, no capabilities),
+// "weak" for the process driver. The agent declares it as each EE's
+// ee.isolation claim, so a policy that requires strong isolation refuses
+// the weak driver.
+func (h *Host) Isolation() string {
+	if h.rooted != nil {
+		return string(ee.IsolationStrong)
+	}
+	return string(ee.IsolationWeak)
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tvd-dev/tvd/agent"
 	"github.com/tvd-dev/tvd/agent/dataplane"
+	"github.com/tvd-dev/tvd/agent/eehost"
 	"github.com/tvd-dev/tvd/attest/tpm"
 	"github.com/tvd-dev/tvd/controller"
 	"github.com/tvd-dev/tvd/store"
@@ -111,7 +112,7 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 }
 
 func newAgentCmd() *cobra.Command {
-	var ctrl, data, token, config, node, logLevel, tpmPath, underlay, eeNetNS string
+	var ctrl, data, token, config, node, logLevel, tpmPath, underlay, eeNetNS, eeDriver, images string
 	var wgPort uint16
 	var every time.Duration
 	cmd := &cobra.Command{
@@ -149,19 +150,47 @@ report continuously and renew member certificates while they are in good standin
 				defer t.Close()
 				cfg.TPM = t
 			}
+			var ag *agent.Agent
+			var host *eehost.Host
+			if eeDriver != "" {
+				eeDir, err := filepath.Abs(filepath.Join(data, "ee"))
+				if err != nil {
+					return err
+				}
+				drv, err := eehost.NewDriver(eeDriver, eeDir, log)
+				if err != nil {
+					return err
+				}
+				host, err = eehost.New(eehost.Config{Driver: drv, Images: images, DataDir: eeDir, Logger: log,
+					Command: func(e agent.EEConfig) []string { return e.Command },
+					Measure: func(ee, p string, d [32]byte) error { return ag.Measure(ee, p, d) }})
+				if err != nil {
+					return err
+				}
+				defer host.Close()
+				cfg.EEs = host
+			}
 			if underlay != "" {
-				dp, err := newDataPlane(ctrl, data, underlay, wgPort, eeNetNS, log)
+				netns := func(ee string) (string, bool) {
+					p := filepath.Join(eeNetNS, ee)
+					_, err := os.Stat(p)
+					return p, err == nil
+				}
+				if host != nil {
+					netns = host.NetNS
+				}
+				dp, err := newDataPlane(ctrl, data, underlay, wgPort, netns, log)
 				if err != nil {
 					return err
 				}
 				defer dp.Close()
 				cfg.DataPlane = dp
 			}
-			a, err := agent.New(cmd.Context(), cfg)
+			ag, err = agent.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			return a.Run(cmd.Context())
+			return ag.Run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()
@@ -173,7 +202,9 @@ report continuously and renew member certificates while they are in good standin
 	f.DurationVar(&every, "report-every", 5*time.Second, "longest time between reports")
 	f.StringVar(&underlay, "underlay", "", "this node's underlay `ADDR`: runs the data plane (WireGuard overlay per domain, EE links, nftables flow rules); empty: identities only")
 	f.Uint16Var(&wgPort, "wg-port", dataplane.DefaultBasePort, "first UDP `PORT` of the per-domain WireGuard interfaces")
-	f.StringVar(&eeNetNS, "ee-netns", "/run/netns", "`DIR` holding each EE's network namespace, named by the EE")
+	f.StringVar(&eeNetNS, "ee-netns", "/run/netns", "`DIR` holding each EE's network namespace, named by the EE (without --ee-driver)")
+	f.StringVar(&eeDriver, "ee-driver", "", "run the node's EEs: linux (namespaces, overlayfs, cgroups, exec monitor; root) or process (weak isolation, execs not measured); empty: no EEs")
+	f.StringVar(&images, "images", "", "`DIR` of EE images by name (an EE's image may also be an absolute path, a sha256: digest, or empty for the busybox base image)")
 	f.StringVar(&tpmPath, "tpm", "", "TPM to attest with: /dev/tpmrm0, unix:PATH or tcp:HOST:PORT (swtpm); empty: join token only (implicit assurance)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -200,7 +231,7 @@ func openTPM(spec string, log *slog.Logger) (*tpm.TPM, error) {
 }
 
 // newDataPlane builds the node's data plane for the agent.
-func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS string, log *slog.Logger) (*dataplane.DataPlane, error) {
+func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS func(string) (string, bool), log *slog.Logger) (*dataplane.DataPlane, error) {
 	u, err := netip.ParseAddr(underlay)
 	if err != nil {
 		return nil, fmt.Errorf("--underlay %q: want an IP address", underlay)
@@ -218,11 +249,6 @@ func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS str
 		}
 	}
 	return dataplane.New(dataplane.Config{
-		Underlay: u, BasePort: port, DataDir: data, Controller: ctrl, Logger: log,
-		EENetNS: func(ee string) (string, bool) {
-			p := filepath.Join(eeNetNS, ee)
-			_, err := os.Stat(p)
-			return p, err == nil
-		},
+		Underlay: u, BasePort: port, DataDir: data, Controller: ctrl, Logger: log, EENetNS: eeNetNS,
 	})
 }

@@ -134,3 +134,60 @@ func swtpmSocket(t *testing.T, dir string) (string, string) {
 	})
 	return sock, ekCA
 }
+
+// TestTPMAgentWithContainers runs the agent with the linux EE driver: each
+// EE is a container (namespaces, overlayfs, cgroups, no capabilities) from
+// the busybox base image, its image and every exec are measured into the
+// TPM by the EE monitor, and the members are verified at assurance tpm
+// with strong isolation, as examples/outsourcing requires unchanged.
+func TestTPMAgentWithContainers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root: the linux EE driver creates namespaces, mounts and cgroups")
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs Debian's busybox-static for the EE base image (apt-get install busybox-static)")
+	}
+	dir := t.TempDir()
+	sock, ekCA := swtpmSocket(t, dir)
+	data := filepath.Join(dir, "controller")
+	addr := freePort(t)
+	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr, "--ek-ca", ekCA)
+	tvdtest.Eventually(t, 20*time.Second, "the controller", func() bool { return strings.Contains(ctl.log.String(), "controller listening") })
+	env := []string{"TVD_CREDS=" + filepath.Join(data, "admin")}
+	run(t, env, "policy", "apply", "../../examples/outsourcing")
+	cfg := filepath.Join(dir, "pc1.yaml")
+	os.WriteFile(cfg, []byte("node: pc1\nees:\n  - {name: yellow-mc1, domain: yellow, role: management-console}\n  - {name: red-client1, domain: red, role: client-os}\n"), 0o644)
+	token := strings.TrimSpace(run(t, env, "admin", "token", "--node", "pc1"))
+	agent := startProc(t, "agent", "agent", "--controller", "https://"+addr, "--data", filepath.Join(dir, "agent"), "--join-token", token,
+		"--config", cfg, "--tpm", "unix:"+sock, "--ee-driver", "linux", "--report-every", "300ms")
+	tvdtest.Eventually(t, 40*time.Second, "2 members in containers verified by TPM quotes", func() bool {
+		m := members(t, env, "")
+		ok := 0
+		for _, x := range m.Members {
+			if x.Verdict.Status == "STATUS_VERIFIED" {
+				ok++
+			}
+		}
+		return ok == 2
+	})
+	// The measurement log behind PCR 13 holds each EE's image and the
+	// programs that ran in it, named as the EE sees them.
+	tvdtest.Eventually(t, 20*time.Second, "the EEs' images and first programs in the measurement log", func() bool {
+		events, _ := os.ReadFile(filepath.Join(dir, "agent", "events.log"))
+		for _, want := range []string{"yellow-mc1", "red-client1", "image:base", "/bin/busybox"} {
+			if !strings.Contains(string(events), want) {
+				return false
+			}
+		}
+		return true
+	})
+	// A report after those measurements: still verified, on TPM evidence
+	// that now includes them.
+	time.Sleep(time.Second)
+	m := members(t, env, "")
+	for _, x := range m.Members {
+		if x.Verdict.Status != "STATUS_VERIFIED" {
+			t.Errorf("%s/%s is %s after its measurements; agent log:\n%s", x.Member.Domain, x.Member.Ee, x.Verdict.Status, agent.log.String())
+		}
+	}
+}
