@@ -520,9 +520,16 @@ func (u *upRun) agents(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("join token for %s: %w", n.Name, err)
 		}
-		argv := []string{"ip", "netns", "exec", n.Netns, u.cfg.Binary, "agent",
+		// nsenter, not "ip netns exec": the latter mounts a fresh /sys for
+		// the namespace, hiding the cgroup hierarchies the EE driver needs.
+		argv := []string{"nsenter", "--net=/run/netns/" + n.Netns, "--", u.cfg.Binary, "agent",
 			"--controller", u.st.ControllerURL, "--data", n.AgentData, "--join-token", tok.Msg.GetToken(),
 			"--config", n.Config, "--tpm", "unix:" + n.TPMSocket, "--report-every", u.cfg.ReportEvery.String()}
+		if u.scen.EEIsolation == "strong" {
+			// The EEs run as containers of the linux driver, every exec
+			// measured by the EE monitor into the node's TPM.
+			argv = append(argv, "--ee-driver", "linux")
+		}
 		pid, exited, err := daemon(argv, n.AgentLog)
 		if err != nil {
 			return err

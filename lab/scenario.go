@@ -54,11 +54,12 @@ type Scenario struct {
 	// scenario file. Default: the scenario file's directory (the scenario
 	// file itself is then left out).
 	Policy Paths `yaml:"policy"`
-	// EEIsolation is the isolation the lab's EEs provide: "weak" while
-	// EEs are declarations the agent reports without an isolation driver,
-	// "strong" once they run as containers. When it is weak, the lab
-	// applies a copy of the policy whose "isolation: strong" requirements
-	// are lowered to weak, and says so. Default: weak.
+	// EEIsolation is the isolation the lab's EEs get: "strong" runs them
+	// as containers of the linux driver (namespaces, overlayfs, cgroups,
+	// every exec measured into the node's TPM); "weak" leaves them
+	// declarations without a driver, and the lab applies a copy of the
+	// policy whose "isolation: strong" requirements are lowered to weak,
+	// and says so. Default: weak.
 	EEIsolation string  `yaml:"eeIsolation"`
 	Nodes       []Node  `yaml:"nodes"`
 	Admins      []Admin `yaml:"admins"`
@@ -315,7 +316,11 @@ func (s *Scenario) FindEE(ee string) (*Node, *EE, bool) {
 func (n *Node) NodeConfig() *agent.NodeConfig {
 	nc := &agent.NodeConfig{Node: n.Name}
 	for _, e := range n.EEs {
-		nc.EEs = append(nc.EEs, agent.EEConfig{Name: e.Name, Image: e.Image, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: e.Claims})
+		img := e.Image
+		if img == "busybox" {
+			img = "" // the EE host's base image, built from Debian's busybox-static
+		}
+		nc.EEs = append(nc.EEs, agent.EEConfig{Name: e.Name, Image: img, Command: e.Run, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: e.Claims})
 	}
 	return nc
 }

@@ -61,6 +61,7 @@ func Preflight() []Missing {
 		{"swtpm_setup", "apt-get install swtpm-tools"},
 		{"swtpm_localca", "apt-get install swtpm-tools"},
 		{"ip", "apt-get install iproute2"},
+		{"nsenter", "apt-get install util-linux"},
 	} {
 		if _, err := exec.LookPath(b.bin); err != nil {
 			out = append(out, Missing{b.bin + " (not in PATH)", b.pkg})
