@@ -38,13 +38,13 @@ awk '
 		nsop = ""; ratios = ""
 		for (i = 3; i < NF; i++) {
 			if ($(i+1) == "ns/op") nsop = $i
-			if ($(i+1) ~ /^x-vs-/) ratios = ratios sprintf("%s %s  ", $i, $(i+1))
+			if ($(i+1) ~ /^x-(vs|of)-/) ratios = ratios sprintf("%s %s  ", $i, $(i+1))
 		}
-		rows[++n] = sprintf("%-14s %-48s %14s  %s", pkg, name, nsop, (ratios == "" ? "(no baseline ratio)" : ratios))
+		rows[++n] = sprintf("%-16s %-48s %14s  %s", pkg, name, nsop, (ratios == "" ? "(no baseline ratio)" : ratios))
 	}
 	/^(FAIL|---)/ || /build failed|cannot find|undefined:/ { bad[++m] = $0 }
 	END {
-		printf "%-14s %-48s %14s  %s\n", "package", "benchmark", "ns/op", "ratio vs baseline (same run)"
+		printf "%-16s %-48s %14s  %s\n", "package", "benchmark", "ns/op", "ratio vs baseline (same run)"
 		for (i = 1; i <= n; i++) print rows[i]
 		if (m > 0) { print ""; print "not measured (failures):"; for (i = 1; i <= m && i <= 20; i++) print "  " bad[i] }
 	}
