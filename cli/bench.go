@@ -70,7 +70,9 @@ With --local the controller runs in this process (bbolt store in a temporary
 directory). Otherwise --controller and --creds name a controller and an admin
 credential; the controller must trust the fleet's EK CA (tvd controller --ek-ca
 DIR/ek-ca.pem, with DIR from --ek-ca), and the fleet policy is applied to it
-unless --skip-policy. Use only a deployment made for benchmarking.`,
+unless --skip-policy. Use only a deployment made for benchmarking; node names
+are --node-prefix plus a number, so a second run against the same controller
+needs another prefix.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -105,6 +107,12 @@ unless --skip-policy. Use only a deployment made for benchmarking.`,
 				if ekCADir == "" {
 					return fmt.Errorf("pass --local, or --ek-ca DIR holding the fleet EK CA the controller trusts (created there if absent; start the controller with --ek-ca DIR/ek-ca.pem)")
 				}
+				// The CA first, so that a first run leaves DIR/ek-ca.pem for
+				// the controller even when the credentials are missing.
+				var err error
+				if cfg.EKCA, err = fleet.LoadOrCreateEKCA(ekCADir, nil, time.Now()); err != nil {
+					return err
+				}
 				creds, err := client.LoadDir(flagString(cmd, "creds", "TVD_CREDS"))
 				if err != nil {
 					return err
@@ -113,9 +121,6 @@ unless --skip-policy. Use only a deployment made for benchmarking.`,
 					return err
 				}
 				cfg.Controller = cfg.Admin.URL
-				if cfg.EKCA, err = fleet.LoadOrCreateEKCA(ekCADir, nil, time.Now()); err != nil {
-					return err
-				}
 			}
 			fmt.Fprintf(errOut, "fleet: %d agents, interval %v, window %v, controller %s\n", agents, interval, duration, cfg.Controller)
 			res, err := fleet.Run(ctx, cfg)
@@ -188,7 +193,11 @@ func printFleetResult(w io.Writer, r *fleet.Result, verifyRate float64, local bo
 	fmt.Fprintf(tw, "members violated (not stale)\t%d\t\t\t%s\n", r.Violated, ok(r.Violated == 0))
 	fmt.Fprintf(tw, "report errors / lost nodes\t%d / %d\t\t\t\n", r.Errors, r.LostNodes)
 	fmt.Fprintf(tw, "raw ECDSA P-256 verify\t%.0f/s per core\t(baseline, this run)\t\t\n", verifyRate)
-	fmt.Fprintf(tw, "process CPU\t%v = %.2f cores of %d\t\t\t\n", r.CPU.Round(time.Millisecond), r.CPU.Seconds()/r.Window.Seconds(), runtime.NumCPU())
+	what := "process CPU (controller + agents)"
+	if !local {
+		what = "process CPU (simulated agents only)"
+	}
+	fmt.Fprintf(tw, "%s\t%v = %.2f cores of %d\t\t\t\n", what, r.CPU.Round(time.Millisecond), r.CPU.Seconds()/r.Window.Seconds(), runtime.NumCPU())
 	if cc := r.ControllerCPU(); local && cc == 0 {
 		fmt.Fprintf(tw, "controller CPU\t(too few profile samples; run longer)\t\t\t\n")
 	} else if local {
