@@ -467,5 +467,6 @@ func newAuditCmd(c *conn) *cobra.Command {
 	tail.Flags().Uint64Var(&start, "from", 0, "first `INDEX`")
 	tail.Flags().Uint32Var(&limit, "limit", 100, "at most `N` entries")
 	cmd.AddCommand(tail)
+	addAuditVerifyCmds(c, cmd)
 	return cmd
 }

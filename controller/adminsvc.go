@@ -631,16 +631,22 @@ func (a *adminService) AuditProof(ctx context.Context, req *connect.Request[tvdv
 	if err != nil {
 		return nil, c.toConnect(ctx, "audit proof", err)
 	}
-	if id.Role.Kind != ca.RoleAdmin && !id.Role.CanRead(e.Domain) {
+	resp := &tvdv1.AuditProofResponse{Checkpoint: c.checkpointProto()}
+	// A consistency proof reveals no entry, so anyone may have it; the
+	// entry and its inclusion proof only a reader of its domain.
+	readable := id.Role.Kind == ca.RoleAdmin || id.Role.CanRead(e.Domain)
+	if !readable && req.Msg.GetOldTreeSize() == 0 {
 		return nil, c.toConnect(ctx, "audit proof", errDenied("permission denied: entry %d belongs to domain %q", idx, e.Domain))
 	}
-	incl, err := lg.InclusionProof(ctx, idx, size)
-	if err != nil {
-		return nil, c.toConnect(ctx, "audit proof", errInvalid("%v", err))
-	}
-	resp := &tvdv1.AuditProofResponse{Entry: auditToProto(idx, e), InclusionProof: incl, Checkpoint: c.checkpointProto()}
-	if leaf, err := lg.Leaf(ctx, idx); err == nil {
-		resp.LeafHash = leafHash(leaf)
+	if readable {
+		incl, err := lg.InclusionProof(ctx, idx, size)
+		if err != nil {
+			return nil, c.toConnect(ctx, "audit proof", errInvalid("%v", err))
+		}
+		resp.Entry, resp.InclusionProof = auditToProto(idx, e), incl
+		if leaf, err := lg.Leaf(ctx, idx); err == nil {
+			resp.LeafHash = leafHash(leaf)
+		}
 	}
 	if old := req.Msg.GetOldTreeSize(); old > 0 {
 		cons, err := lg.ConsistencyProof(ctx, old, size)

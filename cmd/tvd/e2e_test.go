@@ -238,3 +238,43 @@ func TestControllerAndAgentsAsProcesses(t *testing.T) {
 		t.Errorf("status after restart:\n%s", status)
 	}
 }
+
+// TestAuditVerifyOffline keeps a checkpoint, lets the log grow, and checks
+// with the CLI and the verifier key alone that the log only grew and that
+// an entry is in it; a forged checkpoint is refused.
+func TestAuditVerifyOffline(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "controller")
+	addr := freePort(t)
+	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr)
+	tvdtest.Eventually(t, 20*time.Second, "the controller", func() bool { return strings.Contains(ctl.log.String(), "controller listening") })
+	env := []string{"TVD_CREDS=" + filepath.Join(data, "admin")}
+	key := filepath.Join(dir, "verifier.key")
+	b, err := os.ReadFile(filepath.Join(data, "audit", "verifier.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(key, b, 0o644) // the auditor's own copy
+	cp1 := filepath.Join(dir, "cp1")
+	if out := run(t, env, "audit", "verify", "--key", key, "--save", cp1); !strings.Contains(out, "checkpoint verified") {
+		t.Fatalf("audit verify: %s", out)
+	}
+	run(t, env, "admin", "token")
+	run(t, env, "admin", "token")
+	tvdtest.Eventually(t, 5*time.Second, "the log to grow", func() bool {
+		out := run(t, env, "audit", "verify", "--key", key, "--from", cp1)
+		return strings.Contains(out, "consistent") && !strings.Contains(out, "size 1 extends your checkpoint at size 1")
+	})
+	if out := run(t, env, "audit", "prove", "2", "--key", key); !strings.Contains(out, "entry 2 (admin join-token/") {
+		t.Errorf("audit prove: %s", out)
+	}
+	// A checkpoint signed by another key, or edited, is refused.
+	forged, _ := os.ReadFile(cp1)
+	forged = []byte(strings.Replace(string(forged), "\n1\n", "\n2\n", 1))
+	os.WriteFile(cp1, forged, 0o644)
+	cmd := exec.Command(tvdBin, "audit", "verify", "--key", key, "--from", cp1)
+	cmd.Env = append(os.Environ(), env...)
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Errorf("a forged checkpoint was accepted:\n%s", out)
+	}
+}
