@@ -278,3 +278,25 @@ func TestAuditVerifyOffline(t *testing.T) {
 		t.Errorf("a forged checkpoint was accepted:\n%s", out)
 	}
 }
+
+// TestImageBuild builds an image from a directory with the CLI, verifies
+// it, and detects a file changed afterwards.
+func TestImageBuild(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(filepath.Join(src, "bin"), 0o755)
+	os.WriteFile(filepath.Join(src, "bin", "app"), []byte("#!/bin/sh\necho hello\n"), 0o755)
+	img := filepath.Join(dir, "img")
+	out := run(t, nil, "image", "build", src, "-o", img)
+	if !strings.Contains(out, "image sha256:") {
+		t.Fatalf("image build: %s", out)
+	}
+	if out := run(t, nil, "image", "verify", img); !strings.Contains(out, "verified") {
+		t.Fatalf("image verify: %s", out)
+	}
+	os.WriteFile(filepath.Join(img, "rootfs", "bin", "app"), []byte("#!/bin/sh\necho pwned\n"), 0o755)
+	cmd := exec.Command(tvdBin, "image", "verify", img)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "bin/app") {
+		t.Errorf("a changed file was not detected: %v\n%s", err, out)
+	}
+}
