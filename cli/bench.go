@@ -50,7 +50,7 @@ func newBenchFleetCmd() *cobra.Command {
 	var (
 		agents, events, enrolConc int
 		interval, duration        time.Duration
-		local, skipPolicy         bool
+		local, skipPolicy, watch  bool
 		ekCADir, cpuProfile       string
 		domain, prefix            string
 	)
@@ -81,7 +81,7 @@ needs another prefix.`,
 				return fmt.Errorf("--agents %d: want at least 1", agents)
 			}
 			cfg := fleet.Config{Agents: agents, Interval: interval, Duration: duration, Domain: domain, NodePrefix: prefix,
-				EventsPerReport: events, EnrolConcurrency: enrolConc, SkipPolicy: skipPolicy, Profile: local,
+				EventsPerReport: events, EnrolConcurrency: enrolConc, SkipPolicy: skipPolicy, Profile: local, Watch: watch,
 				Progress: func(p fleet.Progress) { fmt.Fprintln(errOut, p.String()) }}
 			if local {
 				// Sample the heap finely enough to attribute it per member.
@@ -154,6 +154,7 @@ needs another prefix.`,
 	f.IntVar(&enrolConc, "enrol-concurrency", 16, "enrolments in flight")
 	f.StringVar(&domain, "domain", "fleet", "the fleet's domain")
 	f.StringVar(&prefix, "node-prefix", "fleet-", "node name prefix")
+	f.BoolVar(&watch, "watch", false, "each node also keeps a plan stream open, as a real agent does")
 	f.BoolVar(&skipPolicy, "skip-policy", false, "do not apply the fleet policy (the controller already has it)")
 	return cmd
 }
@@ -192,6 +193,9 @@ func printFleetResult(w io.Writer, r *fleet.Result, verifyRate float64, local bo
 	fmt.Fprintf(tw, "members verified\t%d/%d\t\t\t%s\n", r.Verified, r.Members, ok(r.Verified == r.Members && r.Members == r.Enrolled))
 	fmt.Fprintf(tw, "members violated (not stale)\t%d\t\t\t%s\n", r.Violated, ok(r.Violated == 0))
 	fmt.Fprintf(tw, "report errors / lost nodes\t%d / %d\t\t\t\n", r.Errors, r.LostNodes)
+	if r.Plans > 0 {
+		fmt.Fprintf(tw, "plans received (plan streams)\t%d (%d in the window)\t\t\t\n", r.Plans, r.PlansInWindow)
+	}
 	fmt.Fprintf(tw, "raw ECDSA P-256 verify\t%.0f/s per core\t(baseline, this run)\t\t\n", verifyRate)
 	what := "process CPU (controller + agents)"
 	if !local {

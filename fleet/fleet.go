@@ -61,6 +61,10 @@ type Config struct {
 	EventsPerReport int
 	// EnrolConcurrency bounds the enrolments in flight. Default 16.
 	EnrolConcurrency int
+	// Watch has each node keep a plan stream (AgentService.Watch) open and
+	// drain it, as a real agent does: a goroutine, a subscription and a
+	// plan per node on the controller.
+	Watch bool
 	// SkipPolicy leaves the controller's policy alone: it must already
 	// hold the fleet policy (Policy(Domain, Interval)).
 	SkipPolicy bool
@@ -186,6 +190,9 @@ type Result struct {
 	// Reasons counts the controller's reasons for the members that are not
 	// verified at the end.
 	Reasons map[string]int
+	// Plans counts the plans received on the nodes' plan streams (with
+	// Config.Watch) over the whole run, PlansInWindow those in the window.
+	Plans, PlansInWindow int
 	// CPU is this process's CPU time (user+system) during the window, and
 	// HeapInuse its heap in use at the end: they include the simulated
 	// agents when the controller runs in this process.
@@ -236,6 +243,7 @@ type stats struct {
 	errors      atomic.Int64
 	lost        atomic.Int64
 	notVerified atomic.Int64
+	plans       atomic.Int64
 }
 
 func (s *stats) record(sent time.Time, d time.Duration) {
@@ -387,6 +395,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					defer wg.Done()
 					n.run(ctx, &cfg, st)
 				}()
+				if cfg.Watch {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						n.watch(ctx, &cfg, st)
+					}()
+				}
 				return nil
 			})
 		}
@@ -433,7 +448,7 @@ warmup:
 	cpu0 := processCPU()
 	wstart := cfg.Now()
 	st.start(wstart)
-	errs0 := st.errors.Load()
+	errs0, plans0 := st.errors.Load(), st.plans.Load()
 	t := time.NewTicker(time.Second)
 	deadline := time.NewTimer(cfg.Duration)
 measure:
@@ -484,6 +499,8 @@ measure:
 	res.Errors = int(st.errors.Load())
 	res.LostNodes = int(st.lost.Load())
 	res.NotVerified = int(st.notVerified.Load())
+	res.Plans = int(st.plans.Load())
+	res.PlansInWindow = int(st.plans.Load() - plans0)
 
 	// The members' verdicts, from the controller.
 	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -613,6 +630,32 @@ func (n *node) run(ctx context.Context, cfg *Config, st *stats) {
 			}
 		}
 		timer.Reset(max(0, cfg.Interval-cfg.Now().Sub(began)))
+	}
+}
+
+// watch keeps the node's plan stream open and drains it until ctx ends,
+// reopening it a second after it breaks.
+func (n *node) watch(ctx context.Context, cfg *Config, st *stats) {
+	var last uint64
+	for ctx.Err() == nil {
+		stream, err := n.cl.Agent.Watch(ctx, connect.NewRequest(&tvdv1.WatchRequest{Node: n.name, LastPlanVersion: last}))
+		if err == nil {
+			for stream.Receive() {
+				last = stream.Msg().GetPlan().GetVersion()
+				st.plans.Add(1)
+			}
+			err = stream.Err()
+			stream.Close()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		st.errors.Add(1)
+		cfg.Logger.DebugContext(ctx, "plan stream broke", "node", n.name, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
 
