@@ -28,8 +28,8 @@ test: deps build ## vet, run every test (as root the namespace, nftables, TPM an
 demo: deps build ## the main job: the paper's case study 1 as a lab (nodes with swtpm, controller, agents), then torn down
 	@scripts/demo.sh
 
-bench: deps ## run the Go benchmarks; each prints its figure as a ratio against a baseline from the same run
-	$(GO) test -tags $(TAGS) -run '^$$' -bench . -benchmem -benchtime 500ms ./...
+bench: deps build ## the Go benchmarks and a short fleet run, each figure with its ratio to a baseline from the same run
+	scripts/bench.sh
 
 lint: ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: the files above need formatting"; exit 1; }

@@ -76,9 +76,10 @@ func TestImportRules(t *testing.T) {
 			}
 		}
 	}
-	// cli talks to the controller only through the API client.
+	// cli talks to the controller only through the API client, directly
+	// or through any dependency.
 	for _, pkg := range goList(t, "-f", "{{.ImportPath}}", "./cli/...") {
-		for _, dep := range goList(t, "-f", `{{join .Imports "\n"}}`, pkg) {
+		for _, dep := range goList(t, "-deps", "-f", "{{.ImportPath}}", pkg) {
 			if strings.HasPrefix(dep, module+"/controller") || strings.HasPrefix(dep, module+"/store") {
 				t.Errorf("%s imports %s; the CLI reaches the controller only through api/client", pkg, dep)
 			}

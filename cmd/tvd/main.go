@@ -19,7 +19,7 @@ func main() {
 	// supervisor; Init takes over in that case and never returns.
 	linux.Init()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr, newControllerCmd(), newAgentCmd())
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr, newControllerCmd(), newAgentCmd(), newBenchCmd())
 	stop()
 	os.Exit(code)
 }

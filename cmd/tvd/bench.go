@@ -1,7 +1,8 @@
-package cli
+package main
 
 import (
 	"fmt"
+	"github.com/tvd-dev/tvd/cli"
 	"io"
 	"os"
 	"runtime"
@@ -25,7 +26,7 @@ const (
 
 // NewBenchCmd returns `tvd bench`: load generators that measure a
 // controller.
-func NewBenchCmd() *cobra.Command {
+func newBenchCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure a domain controller under load",
@@ -138,7 +139,7 @@ needs another prefix.`,
 			}
 			printFleetResult(out, res, rate, local)
 			if res.Stale > 0 || res.Violated > 0 || res.LostNodes > 0 {
-				return &ExitError{Code: 3}
+				return &cli.ExitError{Code: 3}
 			}
 			return nil
 		},
