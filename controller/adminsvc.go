@@ -347,7 +347,7 @@ func (c *Controller) applyPolicy(ctx context.Context, id ca.Identity, r *tvdv1.A
 	c.att.verifier = verifier
 	c.att.mu.Unlock()
 	for _, m := range removed {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 	}
 	c.record(ctx, audit.Entry{Kind: audit.KindPolicy, Actor: id.ID, Subject: "policy/" + strconv.FormatUint(v, 10),
 		Detail: map[string]string{"digest": comp.Version, "diff": diff, "comment": r.GetComment()}})
@@ -553,7 +553,7 @@ func (a *adminService) Revoke(ctx context.Context, req *connect.Request[tvdv1.Re
 	}
 	resp := &tvdv1.RevokeResponse{RevokedAt: timestamppb.New(now)}
 	for _, m := range updated {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 		resp.Members = append(resp.Members, api.MemberToProto(m.member()))
 		resp.AuditIndex = c.record(ctx, audit.Entry{Kind: audit.KindReaction, Actor: id.ID, Subject: m.member().SPIFFEID(c.ca.TrustDomain()), Domain: m.Domain,
 			Detail: map[string]string{"reaction": string(tvd.ReactRevoke), "reason": reason, "node": m.Node}})

@@ -19,7 +19,6 @@ import (
 	"github.com/tvd-dev/tvd"
 	"github.com/tvd-dev/tvd/api"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
-	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/audit"
 	"github.com/tvd-dev/tvd/ca"
 	"github.com/tvd-dev/tvd/policy"
@@ -163,7 +162,7 @@ func (c *Controller) createNode(ctx context.Context, n *nodeRec, pub crypto.Publ
 	}
 	c.s.nodes[node] = n
 	for _, m := range append(admitted, refused...) {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 	}
 	if detail == nil {
 		detail = map[string]string{}
@@ -474,8 +473,8 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	// time; TPM evidence adds to it once attestation is enabled.
 	resp := &tvdv1.ReportResponse{}
 	interval := 3 * policy.DefaultInterval
-	for _, m := range c.s.sortedMembers() {
-		if m.Node != n.Name || !m.active() {
+	for _, m := range c.s.nodeMembers(n.Name) {
+		if !m.active() {
 			continue
 		}
 		cp := *m
@@ -543,7 +542,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	}
 	c.s.nodes[n.Name] = &upd
 	for _, m := range changed {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 	}
 	for _, e := range entries {
 		c.record(ctx, e)
@@ -552,8 +551,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		c.hub.wake()
 	}
 	if tpmNode {
-		var st attest.NodeState
-		if err := st.UnmarshalBinary(upd.AttestState); err == nil {
+		if st, err := c.nodeState(&upd); err == nil {
 			resp.NextNonce = st.Nonce()
 		}
 		resp.Cursor = cursor
@@ -629,7 +627,7 @@ func (c *Controller) renew(ctx context.Context, r *tvdv1.RenewMemberRequest) (*t
 	if _, err := c.st.Commit(ctx, store.Batch{Ops: []store.Op{op}}); err != nil {
 		return nil, fmt.Errorf("renew %s: %w", want, err)
 	}
-	c.s.members[m.EE] = &cp
+	c.s.put(&cp)
 	c.hub.wake(n.Name)
 	return &tvdv1.RenewMemberResponse{CertChain: [][]byte{der}, Expires: timestamppb.New(cert.NotAfter)}, nil
 }
@@ -679,7 +677,7 @@ func (a *agentService) Leave(ctx context.Context, req *connect.Request[tvdv1.Lea
 	}
 	c.s.nodes[n.Name] = &upd
 	for _, m := range left {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 		c.record(ctx, audit.Entry{Kind: "leave", Subject: m.member().SPIFFEID(c.ca.TrustDomain()), Domain: m.Domain, Detail: map[string]string{"node": n.Name, "reason": reason}})
 	}
 	if whole {

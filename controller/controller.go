@@ -126,6 +126,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, st: cfg.Store, hub: newHub(), nonce: newNonces()}
 	c.att.pending = map[string]*pendingEnrol{}
+	c.att.states = map[string]cachedState{}
 	c.webTok = web.NewTokens(c.now)
 	c.att.ekPolicy = attest.EKPolicy{Roots: cfg.EKRoots, Allow: cfg.EKAllow}
 	kek, err := ca.LoadOrCreateKEK(filepath.Join(cfg.DataDir, "kek"), nil)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/tvd-dev/tvd/api"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
-	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/policy"
 )
 
@@ -236,8 +235,7 @@ func (c *Controller) stamp(node string, p *tvdv1.Plan, version uint64) {
 	if n := c.s.nodes[node]; n != nil && len(n.AttestState) > 0 {
 		// A TPM node answers the verifier's outstanding nonce, which lives
 		// in its attestation state: the plan repeats it, and the cursor.
-		var st attest.NodeState
-		if err := st.UnmarshalBinary(n.AttestState); err == nil {
+		if st, err := c.nodeState(n); err == nil {
 			p.NextNonce = st.Nonce()
 			cur := st.Cursor()
 			p.Cursor = &tvdv1.AttestCursor{ResetCount: cur.ResetCount, NextSeq: cur.Seq, Valid: cur.Valid}

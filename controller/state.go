@@ -141,7 +141,8 @@ type policyRec struct {
 // state is the controller's in-memory copy of the store.
 type state struct {
 	nodes   map[string]*nodeRec
-	members map[string]*memberRec // by EE name
+	members map[string]*memberRec // by EE name; change through put
+	byNode  map[string]map[string]*memberRec
 	history []*policyRec          // ascending versions, without files
 	policy  *policy.Compiled      // the current policy; nil before the first apply
 	polVer  uint64
@@ -157,6 +158,7 @@ func newState() *state {
 	return &state{
 		nodes:    map[string]*nodeRec{},
 		members:  map[string]*memberRec{},
+		byNode:   map[string]map[string]*memberRec{},
 		planVer:  map[string]uint64{},
 		planHash: map[string][32]byte{},
 	}
@@ -200,7 +202,7 @@ func load(ctx context.Context, st store.Store) (*state, error) {
 		if err := json.Unmarshal(kv.Value, &m); err != nil {
 			return err
 		}
-		s.members[m.EE] = &m
+		s.put(&m)
 		return nil
 	}); err != nil {
 		return nil, err
@@ -265,6 +267,29 @@ func (s *state) allocAddress(d *policy.DomainPolicy, reserved map[string]bool) (
 		a = a.Next()
 	}
 	return "", errPrecondition("domain %q: no free overlay address in %s", d.Name, d.Subnet)
+}
+
+// put stores m as the record of its EE and keeps the per-node index.
+func (s *state) put(m *memberRec) {
+	if old := s.members[m.EE]; old != nil && old.Node != m.Node {
+		delete(s.byNode[old.Node], m.EE)
+	}
+	s.members[m.EE] = m
+	if s.byNode[m.Node] == nil {
+		s.byNode[m.Node] = map[string]*memberRec{}
+	}
+	s.byNode[m.Node][m.EE] = m
+}
+
+// nodeMembers returns the records of the EEs of one node, in EE order: a
+// report touches only these, whatever the size of the deployment.
+func (s *state) nodeMembers(node string) []*memberRec {
+	out := make([]*memberRec, 0, len(s.byNode[node]))
+	for _, m := range s.byNode[node] {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].EE < out[j].EE })
+	return out
 }
 
 // sortedNodes returns the node names in order.

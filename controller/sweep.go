@@ -67,7 +67,7 @@ func (c *Controller) sweepOnce(ctx context.Context) error {
 		return fmt.Errorf("store stale verdicts: %w", err)
 	}
 	for _, m := range stale {
-		c.s.members[m.EE] = m
+		c.s.put(m)
 		c.log.WarnContext(ctx, "member stale", "member", m.member().String(), "reason", m.StatusReason)
 	}
 	for _, e := range entries {
