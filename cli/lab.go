@@ -31,7 +31,7 @@ All state and logs live in the lab directory: --dir, else $TVD_LAB_DIR, else
 	}
 	dir := lab.DirFromEnv()
 	cmd.PersistentFlags().StringVar(&dir, "dir", dir, "lab `DIR`: state and logs ($TVD_LAB_DIR)")
-	cmd.AddCommand(labUpCmd(&dir), labDownCmd(&dir), labStatusCmd(&dir), labExecCmd(&dir))
+	cmd.AddCommand(labUpCmd(&dir), labDownCmd(&dir), labStatusCmd(&dir), labExecCmd(&dir), labCheckCmd(&dir))
 	return cmd
 }
 
@@ -208,5 +208,35 @@ func labExecCmd(dir *string) *cobra.Command {
 	}
 	// Everything after NODE|EE is the command, flags included.
 	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func labCheckCmd(dir *string) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Send real packets between every ordered pair of EEs and compare with the policy",
+		Long: `check opens a TCP connection from every EE to every other EE's overlay address, straight,
+and compares what passed with the policy's flow matrix: inside a domain everything passes;
+across domains only what the cell allows straight (point-to-point to the listed roles,
+unrestricted); none and via-gateway flows must be dropped when sent straight. It prints the
+table and "N passed, M failed", and exits non-zero on any mismatch.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := lab.LoadState(*dir)
+			if err != nil {
+				return err
+			}
+			results, err := lab.Check(cmd.Context(), st, timeout)
+			if err != nil {
+				return err
+			}
+			if failed := lab.WriteCheck(cmd.OutOrStdout(), results); failed > 0 {
+				return &ExitError{Code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long a connection may take before it counts as dropped")
 	return cmd
 }

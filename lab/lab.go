@@ -527,8 +527,11 @@ func (u *upRun) agents(ctx context.Context) error {
 			"--config", n.Config, "--tpm", "unix:" + n.TPMSocket, "--report-every", u.cfg.ReportEvery.String()}
 		if u.scen.EEIsolation == "strong" {
 			// The EEs run as containers of the linux driver, every exec
-			// measured by the EE monitor into the node's TPM.
-			argv = append(argv, "--ee-driver", "linux")
+			// measured by the EE monitor into the node's TPM, attached to
+			// the node's data plane: a WireGuard interface per domain over
+			// the underlay, and the flow matrix in nftables.
+			addr, _, _ := strings.Cut(n.Address, "/")
+			argv = append(argv, "--ee-driver", "linux", "--underlay", addr)
 		}
 		pid, exited, err := daemon(argv, n.AgentLog)
 		if err != nil {

@@ -30,6 +30,9 @@ $tvd lab up $ex --dir "$lab"
 export TVD_CREDS=$lab/controller/admin
 step "tvd lab status"
 $tvd lab status --dir "$lab"
+step "tvd lab check   (real packets between every pair of EEs, against Table 3)"
+for i in 1 2 3 4 5; do $tvd lab check --dir "$lab" >/tmp/tvd-lab-check.txt 2>&1 && break; sleep 2; done
+cat /tmp/tvd-lab-check.txt
 step "tvd nodes"
 $tvd nodes
 step "tvd members"
