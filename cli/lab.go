@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"connectrpc.com/connect"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/flow"
+	"github.com/tvd-dev/tvd/policy"
 	"os"
 	"os/exec"
 	"text/tabwriter"
@@ -31,7 +36,7 @@ All state and logs live in the lab directory: --dir, else $TVD_LAB_DIR, else
 	}
 	dir := lab.DirFromEnv()
 	cmd.PersistentFlags().StringVar(&dir, "dir", dir, "lab `DIR`: state and logs ($TVD_LAB_DIR)")
-	cmd.AddCommand(labUpCmd(&dir), labDownCmd(&dir), labStatusCmd(&dir), labExecCmd(&dir), labCheckCmd(&dir))
+	cmd.AddCommand(labUpCmd(&dir), labDownCmd(&dir), labStatusCmd(&dir), labExecCmd(&dir), labCheckCmd(&dir), labDemoCmd(&dir))
 	return cmd
 }
 
@@ -239,4 +244,144 @@ table and "N passed, M failed", and exits non-zero on any mismatch.`,
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "how long a connection may take before it counts as dropped")
 	return cmd
+}
+
+func labDemoCmd(dir *string) *cobra.Command {
+	var offender string
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo SCENARIO",
+		Short: "The narrated story: up, check, report, a violation and the reactions to it, check again, down",
+		Long: `demo brings the scenario's lab up, sends real packets between every pair of EEs, prints the
+compliance report, then plays an intruder: it copies an unlisted program into one EE and runs
+it. It shows the detection and the reactions, with the time from the exec to the violating
+verdict and to the offender's packets being dropped at its peers, checks again (the offender
+is cut off and nothing else changed), prints the report, and takes the lab down.`,
+		Example: `  tvd lab demo examples/outsourcing`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			w := cmd.OutOrStdout()
+			step := func(s string) { fmt.Fprintf(w, "\n== %s\n", s) }
+			step("tvd lab up " + args[0])
+			st, err := lab.Up(ctx, args[0], lab.Config{Dir: *dir, Out: w, Timeout: 60 * time.Second})
+			if err != nil {
+				return err
+			}
+			if !keep {
+				defer func() {
+					step("tvd lab down")
+					lab.Down(context.WithoutCancel(ctx), st.Dir, false, w)
+				}()
+			}
+			check := func(offenders ...string) int {
+				var res []lab.Result
+				for i := 0; i < 15; i++ { // EEs start and peers' keys reach every node within a few reports
+					if res, err = lab.Check(ctx, st, 2*time.Second, offenders...); err != nil {
+						if i == 14 {
+							fmt.Fprintf(w, "check: %v\n", err)
+							return 1
+						}
+						time.Sleep(time.Second)
+						continue
+					}
+					failed := 0
+					for _, r := range res {
+						if !r.Pass() {
+							failed++
+						}
+					}
+					if failed == 0 {
+						break
+					}
+					time.Sleep(time.Second)
+				}
+				return lab.WriteCheck(w, res)
+			}
+			step("tvd lab check   (real packets between every ordered pair of EEs, against the policy)")
+			failed := check()
+			cl, err := lab.Dial(st)
+			if err != nil {
+				return err
+			}
+			comp, err := lab.LoadPolicy(st)
+			if err != nil {
+				return err
+			}
+			if offender == "" {
+				offender = pickOffender(st, comp)
+			}
+			var dom string
+			for _, n := range st.Nodes {
+				for _, e := range n.EEs {
+					if e.Name == offender {
+						dom = e.Domain
+					}
+				}
+			}
+			printReport := func() {
+				resp, err := cl.Admin.ComplianceReport(ctx, connect.NewRequest(&tvdv1.ComplianceReportRequest{Domain: dom, Format: tvdv1.ReportFormat_REPORT_FORMAT_TEXT}))
+				if err != nil {
+					fmt.Fprintf(w, "report: %v\n", err)
+					return
+				}
+				w.Write(resp.Msg.GetContent())
+			}
+			step("tvd report " + dom)
+			printReport()
+			step("an intruder runs an unlisted program in " + offender)
+			// The probe: a flow the offender had before, now cut?
+			probe := func() (bool, error) {
+				res, err := lab.Check(ctx, st, 300*time.Millisecond, offender)
+				if err != nil {
+					return false, err
+				}
+				for _, r := range res {
+					if (r.From == offender || r.To == offender) && r.Observed {
+						return false, nil
+					}
+				}
+				return true, nil
+			}
+			v, err := lab.Inject(ctx, st, offender, probe)
+			if err != nil {
+				return err
+			}
+			lab.WriteViolation(w, v)
+			step("tvd lab check   (the offender is cut off; nothing else changed)")
+			failed += check(offender)
+			step("tvd report " + dom + "   (after the violation)")
+			printReport()
+			if failed > 0 {
+				return &ExitError{Code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&offender, "offender", "", "the EE the intruder uses (default: an EE of a domain that measures rather than enforces)")
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the lab up at the end")
+	return cmd
+}
+
+// pickOffender chooses the demo's intruder EE: one in a domain whose
+// integrity mode lets unlisted code start (measure), so the story shows
+// detection and reaction; else the first EE.
+func pickOffender(st *lab.State, comp *policy.Compiled) string {
+	first := ""
+	for _, n := range st.Nodes {
+		for _, e := range n.EEs {
+			if first == "" {
+				first = e.Name
+			}
+			if d, ok := comp.Domain(e.Domain); ok && d.Integrity == "measure" && !comp.Matrix.IsGateway(classOf(comp, e.Domain, e.Role)) && e.Role != "domain-controller" {
+				return e.Name
+			}
+		}
+	}
+	return first
+}
+
+func classOf(comp *policy.Compiled, domain, role string) flow.ClassID {
+	c, _ := comp.Matrix.Class(domain, role)
+	return c
 }

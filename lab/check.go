@@ -74,7 +74,10 @@ func inNetNS(path string, fn func() error) error {
 // matrix says (a packet sent straight passes exactly when the cell allows
 // it; flows that must cross gateways are expected to be dropped when sent
 // straight). It needs the EEs running as containers with the data plane.
-func Check(ctx context.Context, st *State, timeout time.Duration) ([]Result, error) {
+//
+// Offenders are EEs cut off by a reaction: every flow from or to them is
+// expected to be dropped.
+func Check(ctx context.Context, st *State, timeout time.Duration, offenders ...string) ([]Result, error) {
 	comp, err := LoadPolicy(st)
 	if err != nil {
 		return nil, err
@@ -141,7 +144,14 @@ func Check(ctx context.Context, st *State, timeout time.Duration) ([]Result, err
 	results := make([]Result, len(pairs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
+	cut := map[string]bool{}
+	for _, o := range offenders {
+		cut[o] = true
+	}
 	for i, p := range pairs {
+		if cut[p.From] || cut[p.To] {
+			p.Allow, p.Rule = false, p.Rule+" (offender cut off)"
+		}
 		results[i] = Result{Pair: p}
 		dst, ok := addr[p.To]
 		if !ok {

@@ -424,3 +424,23 @@ func TestRefusedEE(t *testing.T) {
 	mustTVD(t, nil, "lab", "down", "--dir", dir)
 	checkGone(t, dir)
 }
+
+// TestDemo runs `tvd lab demo` on case study 1: packets before and after,
+// an intruder's unlisted program in a red client EE detected, the member
+// quarantined and frozen and cut off from its peers, nothing else changed.
+func TestDemo(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	out, err := runTVD(t, nil, "lab", "demo", "../examples/outsourcing", "--dir", dir)
+	if err != nil {
+		t.Fatalf("lab demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"56 passed, 0 failed", "violating", "unlisted executable /tmp/sysupdate", "quarantined", "frozen", "removed netns tvdlab-pc1"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "56 passed, 0 failed") != 2 {
+		t.Errorf("want two clean checks (before and after):\n%s", out)
+	}
+}
