@@ -143,8 +143,8 @@ type state struct {
 	nodes   map[string]*nodeRec
 	members map[string]*memberRec // by EE name; change through put
 	byNode  map[string]map[string]*memberRec
-	history []*policyRec          // ascending versions, without files
-	policy  *policy.Compiled      // the current policy; nil before the first apply
+	history []*policyRec     // ascending versions, without files
+	policy  *policy.Compiled // the current policy; nil before the first apply
 	polVer  uint64
 	// Plans: per node, the version and digest of the last plan made.
 	// Versions start at epoch<<32, the epoch counting controller starts,
