@@ -15,6 +15,7 @@ import (
 
 	"github.com/tvd-dev/tvd/api"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/flow"
 	"github.com/tvd-dev/tvd/policy"
 )
 
@@ -137,6 +138,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 		domains = append(domains, d)
 	}
 	sort.Strings(domains)
+	cross := c.crossPeers(node, members)
 	for _, d := range domains {
 		dp := &tvdv1.DomainPeers{Domain: d}
 		if comp != nil {
@@ -153,6 +155,15 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 		for _, peer := range s.sortedNodes() {
 			addrs := byNode[peer]
 			key, ok := s.nodes[peer].ChannelKeys[d]
+			if x := cross[peer]; x != nil && x.local == d {
+				// Cross-domain flows with this node ride on this interface:
+				// on the peering the two nodes already have in d, or on one
+				// to the peer's carrier interface.
+				if len(addrs) == 0 {
+					key, ok = s.nodes[peer].ChannelKeys[x.remote]
+				}
+				addrs = append(addrs, x.addrs...)
+			}
 			if len(addrs) == 0 || !ok {
 				continue
 			}
@@ -258,4 +269,107 @@ func (c *Controller) freshFor(node string) time.Duration {
 		}
 	}
 	return d
+}
+
+// crossLink is how a node reaches another node's members of other domains
+// that the flow matrix lets its members talk with straight (and back):
+// over its interface of domain local, to the other node's interface of
+// domain remote, for the addresses addrs.
+type crossLink struct {
+	local, remote string
+	addrs         []string
+}
+
+// crossPeers finds, for each other node, the members of other domains that
+// this node's members may reach straight or be reached by, and the pair of
+// interfaces (the carrier) that carries them: the first domain the two
+// nodes share, else the first domain involved on each side. Both nodes
+// compute the same carrier, so their peer entries match. It must be called
+// with c.mu held.
+func (c *Controller) crossPeers(node string, members []*memberRec) map[string]*crossLink {
+	s := c.s
+	if s.policy == nil {
+		return nil
+	}
+	m := s.policy.Matrix
+	class := func(r *memberRec) (flow.ClassID, bool) { return m.Class(r.Domain, r.Role) }
+	doms := map[string]map[string]bool{} // node -> domains with members
+	var local []*memberRec
+	for _, r := range members {
+		if !r.active() {
+			continue
+		}
+		if doms[r.Node] == nil {
+			doms[r.Node] = map[string]bool{}
+		}
+		doms[r.Node][r.Domain] = true
+		if r.Node == node && r.Address != "" {
+			local = append(local, r)
+		}
+	}
+	type acc struct {
+		addrs         map[string]bool
+		local, remote map[string]bool
+	}
+	found := map[string]*acc{}
+	for _, r := range members {
+		if r.Node == node || r.Address == "" || !r.inGoodStanding() {
+			continue
+		}
+		rc, ok := class(r)
+		if !ok {
+			continue
+		}
+		for _, l := range local {
+			if l.Domain == r.Domain {
+				continue
+			}
+			lc, ok := class(l)
+			if !ok || !(m.Decide(lc, rc).Direct || m.Decide(rc, lc).Direct) {
+				continue
+			}
+			a := found[r.Node]
+			if a == nil {
+				a = &acc{addrs: map[string]bool{}, local: map[string]bool{}, remote: map[string]bool{}}
+				found[r.Node] = a
+			}
+			a.addrs[r.Address] = true
+			a.local[l.Domain] = true
+			a.remote[r.Domain] = true
+		}
+	}
+	out := map[string]*crossLink{}
+	for peer, a := range found {
+		var shared []string
+		for d := range doms[node] {
+			if doms[peer][d] {
+				shared = append(shared, d)
+			}
+		}
+		link := &crossLink{}
+		if len(shared) > 0 {
+			sort.Strings(shared)
+			link.local, link.remote = shared[0], shared[0]
+		} else {
+			link.local, link.remote = first(a.local), first(a.remote)
+		}
+		for addr := range a.addrs {
+			link.addrs = append(link.addrs, addr)
+		}
+		sort.Strings(link.addrs)
+		out[peer] = link
+	}
+	return out
+}
+
+func first(set map[string]bool) string {
+	var out []string
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return ""
+	}
+	return out[0]
 }

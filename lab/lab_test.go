@@ -374,8 +374,25 @@ func TestPayrollLab(t *testing.T) {
 	if _, err := runTVD(t, []string{"TVD_CREDS=" + cio}, "admin", "token", "--node", "x"); err == nil {
 		t.Error("the auditor created a join token")
 	}
+	// Real packets, including the gateways' flows between different nodes
+	// (paychecks ↔ tmart-backend and bank), which ride on the controller's
+	// cross-domain peering.
+	var check string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := runTVD(t, nil, "lab", "check", "--dir", dir)
+		check = out
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if !strings.Contains(check, "132 passed, 0 failed") {
+		t.Errorf("lab check:\n%s", check)
+	}
 	mustTVD(t, nil, "lab", "down", "--dir", dir)
 	checkGone(t, dir)
+
 }
 
 // TestPreflight runs up on a host without the tools (an empty PATH): it

@@ -186,8 +186,13 @@ func readPeers(ds *domainSpec, local map[netip.Addr]string) ([]channel.Peer, err
 				return nil, fmt.Errorf("peer %q: allowed IP %q: want CIDR notation", p.GetNode(), s)
 			}
 			pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()).Masked()
-			if pfx.Bits() < ds.Prefix.Bits() || !ds.Prefix.Contains(pfx.Addr()) {
-				return nil, fmt.Errorf("peer %q: allowed IP %s is outside the domain's prefix %s", p.GetNode(), pfx, ds.Prefix)
+			// Inside the domain's prefix a peer may be given any part of it;
+			// outside it only single members: those of other domains that
+			// the flow matrix lets this node's members talk with straight
+			// (the controller's cross-domain peering).
+			if ds.Prefix.Contains(pfx.Addr()) && pfx.Bits() < ds.Prefix.Bits() ||
+				!ds.Prefix.Contains(pfx.Addr()) && pfx.Bits() != pfx.Addr().BitLen() {
+				return nil, fmt.Errorf("peer %q: allowed IP %s: want a part of the domain's prefix %s, or one address of another domain's member", p.GetNode(), pfx, ds.Prefix)
 			}
 			if pfx.Contains(ds.NodeAddr) {
 				return nil, fmt.Errorf("peer %q: allowed IP %s covers the node address %s", p.GetNode(), pfx, ds.NodeAddr)

@@ -93,7 +93,7 @@ func TestReadPlanRejects(t *testing.T) {
 		{"tiny prefix", func(p *tvdv1.Plan) { p.Peers[1].OverlayPrefix = "10.77.0.0/31" }, "yellow", "at most /30", false},
 		{"short key", func(p *tvdv1.Plan) { p.Peers[1].Peers[0].WireguardPublicKey = []byte{1} }, "yellow", "public key", false},
 		{"host endpoint", func(p *tvdv1.Plan) { p.Peers[1].Peers[0].Endpoint = "node-b:51820" }, "yellow", "address:port", false},
-		{"foreign allowed IP", func(p *tvdv1.Plan) { p.Peers[1].Peers[0].AllowedIps = []string{"10.78.0.9/32"} }, "yellow", "outside", false},
+		{"foreign prefix", func(p *tvdv1.Plan) { p.Peers[1].Peers[0].AllowedIps = []string{"10.78.0.0/24"} }, "yellow", "one address of another domain", false},
 		{"steals a local member", func(p *tvdv1.Plan) { p.Peers[1].Peers[0].AllowedIps = []string{"10.77.0.0/24"} }, "yellow", "covers", false},
 		{"member outside prefix", func(p *tvdv1.Plan) { p.Members[0].OverlayAddress = "10.99.0.2" }, "yellow", "want a host of", false},
 		{"member on node address", func(p *tvdv1.Plan) { p.Members[0].OverlayAddress = "10.77.0.1" }, "yellow", "other than the node address", false},
