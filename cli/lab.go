@@ -190,7 +190,7 @@ func labExecCmd(dir *string) *cobra.Command {
 				return err
 			}
 			if t.EE != "" && !t.Contained {
-				fmt.Fprintf(cmd.ErrOrStderr(), "tvd lab: EEs are not containers yet; running in %s's node %s (netns %s)\n", t.EE, t.Node, t.Netns)
+				fmt.Fprintf(cmd.ErrOrStderr(), "tvd lab: EE %s is not a running container; running in its node %s (netns %s)\n", t.EE, t.Node, t.Netns)
 			}
 			argv := args[1:]
 			if len(argv) > 0 && argv[0] == "--" {

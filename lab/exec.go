@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -13,11 +14,14 @@ import (
 type Target struct {
 	Node  string
 	Netns string
-	// EE is set when the target named an EE. Until EEs are containers a
-	// command for an EE runs in its node's network namespace, outside any
-	// EE; Contained says whether it runs inside the EE itself.
+	// EE is set when the target named an EE. When the EE runs as a
+	// container the command runs inside it (its mount, pid and network
+	// namespaces, so it sees the EE's files and processes, and its execs
+	// are measured like any other); otherwise in its node's network
+	// namespace. Contained says which.
 	EE        string
 	Contained bool
+	pid       int // a process of the EE, when Contained
 }
 
 // Resolve finds the node or EE called name in the lab. Node names win over
@@ -29,7 +33,11 @@ func (s *State) Resolve(name string) (Target, error) {
 	for _, n := range s.Nodes {
 		for _, e := range n.EEs {
 			if e.Name == name {
-				return Target{Node: n.Name, Netns: n.Netns, EE: e.Name}, nil
+				t := Target{Node: n.Name, Netns: n.Netns, EE: e.Name}
+				if pid, err := eePID(eeNetNS(n, e.Name)); err == nil {
+					t.Contained, t.pid = true, pid
+				}
+				return t, nil
 			}
 		}
 	}
@@ -43,13 +51,16 @@ func (s *State) Resolve(name string) (Target, error) {
 	return Target{}, fmt.Errorf("no node or EE %q in lab %s (nodes: %s; EEs: %s)", name, s.Name, strings.Join(nodes, ", "), strings.Join(ees, ", "))
 }
 
-// Command returns the command that runs argv at the target: today in the
-// node's network namespace (ip netns exec). This is the seam for EEs as
-// containers: an EE target will enter the EE's namespaces and cgroup
-// through the isolation driver instead, and set Contained.
+// Command returns the command that runs argv at the target: inside a
+// contained EE (nsenter into its mount, pid and network namespaces), else
+// in the node's network namespace (ip netns exec).
 func (t Target) Command(ctx context.Context, argv []string) (*exec.Cmd, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command; want tvd lab exec NODE|EE -- CMD [ARGS...]")
+	}
+	if t.Contained {
+		args := append([]string{"-t", strconv.Itoa(t.pid), "-m", "-p", "-n", "--"}, argv...)
+		return exec.CommandContext(ctx, "nsenter", args...), nil
 	}
 	args := append([]string{"netns", "exec", t.Netns}, argv...)
 	return exec.CommandContext(ctx, "ip", args...), nil
