@@ -60,6 +60,16 @@ func (c *conn) dial() (*client.Client, error) {
 	return client.Dial(creds, url)
 }
 
+// open checks the output format and connects: the preamble of every
+// admin command that prints.
+func (c *conn) open() (cl *client.Client, js bool, err error) {
+	if js, err = c.json(); err != nil {
+		return nil, false, err
+	}
+	cl, err = c.dial()
+	return cl, js, err
+}
+
 func (c *conn) json() (bool, error) {
 	switch c.output {
 	case "json":
@@ -106,11 +116,7 @@ func newStatusCmd(c *conn) *cobra.Command {
 		Short: "Show the deployment: policy version, domains and their members' trust",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			js, err := c.json()
-			if err != nil {
-				return err
-			}
-			cl, err := c.dial()
+			cl, js, err := c.open()
 			if err != nil {
 				return err
 			}
@@ -142,11 +148,7 @@ func newNodesCmd(c *conn) *cobra.Command {
 		Short: "List enrolled nodes with their trust level and last verdict",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			js, err := c.json()
-			if err != nil {
-				return err
-			}
-			cl, err := c.dial()
+			cl, js, err := c.open()
 			if err != nil {
 				return err
 			}
@@ -177,11 +179,7 @@ func newMembersCmd(c *conn) *cobra.Command {
 		Short: "List admitted members with their role, node, trust and last verdict",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			js, err := c.json()
-			if err != nil {
-				return err
-			}
-			cl, err := c.dial()
+			cl, js, err := c.open()
 			if err != nil {
 				return err
 			}
@@ -351,11 +349,7 @@ func policyHistoryCmd(c *conn) *cobra.Command {
 		Short: "List the policy versions the controller has stored",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			js, err := c.json()
-			if err != nil {
-				return err
-			}
-			cl, err := c.dial()
+			cl, js, err := c.open()
 			if err != nil {
 				return err
 			}
@@ -433,11 +427,7 @@ func newAuditCmd(c *conn) *cobra.Command {
 		Short: "Print audit entries (an auditor sees only its domain)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			js, err := c.json()
-			if err != nil {
-				return err
-			}
-			cl, err := c.dial()
+			cl, js, err := c.open()
 			if err != nil {
 				return err
 			}

@@ -30,6 +30,7 @@ import (
 	"github.com/tvd-dev/tvd/attest"
 	"github.com/tvd-dev/tvd/audit"
 	"github.com/tvd-dev/tvd/ca"
+	"github.com/tvd-dev/tvd/policy"
 	"github.com/tvd-dev/tvd/store"
 	"github.com/tvd-dev/tvd/web"
 )
@@ -98,6 +99,13 @@ type Controller struct {
 	webTok *web.Tokens
 	// refusals rate-limits the audit entries of refused handshakes.
 	refusals tlsRefusals
+	// matrix memoizes the serialized flow matrix of the current policy
+	// (flowMatrix); guarded by mu.
+	matrix struct {
+		comp *policy.Compiled
+		wire []byte
+		id   string
+	}
 }
 
 // New opens (or, on first start, creates) the deployment: the CA, the

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"net/netip"
 	"sort"
 	"sync"
@@ -179,8 +178,8 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	}
 	// Flow: the matrix and the address sets of every class.
 	if comp != nil && len(onNode) > 0 {
-		mj, _ := json.Marshal(comp.Matrix)
-		fp := &tvdv1.FlowPlan{MatrixId: flowMatrixID(comp), Matrix: mj}
+		mj, id := c.flowMatrix(comp)
+		fp := &tvdv1.FlowPlan{MatrixId: id, Matrix: mj}
 		classes := map[[2]string]*tvdv1.ClassSet{}
 		var keys [][2]string
 		for _, m := range members {

@@ -163,22 +163,27 @@ func (c *Controller) auditVerifierKey() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// flowMatrixID is the id the plans give the compiled flow matrix (see
-// plan.go): the SHA-256 of its JSON.
-func flowMatrixID(comp *policy.Compiled) string {
-	mj, err := json.Marshal(comp.Matrix)
-	if err != nil {
-		return ""
+// flowMatrix returns the serialized flow matrix of comp, which plans
+// carry, and its id (the SHA-256 of that form). They are computed once per
+// policy, not for every plan. It must be called with c.mu held.
+func (c *Controller) flowMatrix(comp *policy.Compiled) (wire []byte, id string) {
+	if c.matrix.comp != comp {
+		mj, err := json.Marshal(comp.Matrix)
+		if err != nil {
+			return nil, ""
+		}
+		sum := sha256.Sum256(mj)
+		c.matrix.comp, c.matrix.wire, c.matrix.id = comp, mj, "sha256:"+hex.EncodeToString(sum[:])
 	}
-	sum := sha256.Sum256(mj)
-	return "sha256:" + hex.EncodeToString(sum[:])
+	return c.matrix.wire, c.matrix.id
 }
 
 // reportSnapshot assembles what package report needs about one domain. It
 // must be called with c.mu held; it only reads.
 func (c *Controller) reportSnapshot(comp *policy.Compiled, dom string) *report.Snapshot {
 	now := c.now()
-	snap := &report.Snapshot{Domain: dom, TrustDomain: c.ca.TrustDomain(), PolicyVersion: c.s.polVer, FlowMatrixID: flowMatrixID(comp), Now: now}
+	snap := &report.Snapshot{Domain: dom, TrustDomain: c.ca.TrustDomain(), PolicyVersion: c.s.polVer, Now: now}
+	_, snap.FlowMatrixID = c.flowMatrix(comp)
 	for _, m := range c.s.sortedMembers() {
 		if m.Domain != dom || !m.active() {
 			continue
