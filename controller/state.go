@@ -207,23 +207,26 @@ func load(ctx context.Context, st store.Store) (*state, error) {
 	}); err != nil {
 		return nil, err
 	}
+	var current []policy.File // only the newest version is compiled
 	if err := list(prefixPolicy, func(kv store.KV) error {
 		var p policyRec
 		if err := json.Unmarshal(kv.Value, &p); err != nil {
 			return err
 		}
-		files := p.Files
+		current = p.Files
 		p.Files = nil
 		s.history = append(s.history, &p)
 		s.polVer = p.Version
-		comp, err := policy.ParseAndCompile(files)
-		if err != nil {
-			return fmt.Errorf("policy version %d no longer compiles: %w", p.Version, err)
-		}
-		s.policy = comp
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if current != nil {
+		comp, err := policy.ParseAndCompile(current)
+		if err != nil {
+			return nil, fmt.Errorf("load: policy version %d no longer compiles: %w", s.polVer, err)
+		}
+		s.policy = comp
 	}
 	if kv, err := st.Get(ctx, keyPolicyCurrent); err == nil {
 		v, perr := strconv.ParseUint(string(kv.Value), 10, 64)
