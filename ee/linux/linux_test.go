@@ -295,7 +295,10 @@ func TestPidsLimitStopsForkBomb(t *testing.T) {
 	if st.State != ee.StateRunning {
 		t.Fatalf("ee %s after the fork bomb, want running", st.State)
 	}
-	if st.Usage.Pids < limit/2 || st.Usage.Pids > limit {
+	// "can't fork" above shows the bomb reached the limit; by now the
+	// Exec'd shell has ended and its children may be reaped with it, so
+	// only the upper bound is a fact to check.
+	if st.Usage.Pids > limit {
 		t.Fatalf("%d tasks in the ee, want the bomb held at <= %d", st.Usage.Pids, limit)
 	}
 	t.Logf("fork bomb held at %d tasks (limit %d, pids cgroup %s)", st.Usage.Pids, limit, st.Cgroups["pids"])
