@@ -128,6 +128,11 @@ type Peer struct {
 	// from it. No prefix may be listed for two peers; prefixes of different
 	// lengths may nest (the longest match wins, as in WireGuard).
 	AllowedIPs []netip.Prefix
+	// Unrouted lists allowed IPs (each also in AllowedIPs) for which the
+	// interface installs no route in the main table: traffic reaches them
+	// only through routes its user installs (the data plane's gateway
+	// routes, which steer only some sources' packets to this peer).
+	Unrouted []netip.Prefix
 	// PersistentKeepalive, in whole seconds (0 disables it, at most 65535 s).
 	PersistentKeepalive time.Duration
 }
@@ -136,7 +141,8 @@ type Peer struct {
 // must be normalised.
 func (p Peer) equal(q Peer) bool {
 	return p.PublicKey == q.PublicKey && p.Endpoint == q.Endpoint &&
-		p.PersistentKeepalive == q.PersistentKeepalive && slices.Equal(p.AllowedIPs, q.AllowedIPs)
+		p.PersistentKeepalive == q.PersistentKeepalive && slices.Equal(p.AllowedIPs, q.AllowedIPs) &&
+		slices.Equal(p.Unrouted, q.Unrouted)
 }
 
 // normalise returns a copy of peers with masked, sorted, de-duplicated
@@ -192,6 +198,16 @@ func normalisePeers(peers []Peer, self PublicKey) ([]Peer, error) {
 			owner[pfx] = p.PublicKey
 		}
 		p.AllowedIPs = ips
+		var unrouted []netip.Prefix
+		for _, pfx := range p.Unrouted {
+			m := netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()).Masked()
+			if !pfx.IsValid() || !slices.Contains(ips, m) {
+				return nil, fmt.Errorf("peer %d (%s): unrouted prefix %v: expected one of the peer's allowed IPs", i, p.PublicKey, pfx)
+			}
+			unrouted = append(unrouted, m)
+		}
+		slices.SortFunc(unrouted, comparePrefix)
+		p.Unrouted = slices.Compact(unrouted)
 		out = append(out, p)
 	}
 	return out, nil

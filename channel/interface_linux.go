@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -200,7 +201,7 @@ func (i *Interface) release() error {
 
 // syncRoutes installs a route over the interface for every peer prefix not
 // already covered by the interface's own connected prefix, and removes the
-// ones no peer needs any more.
+// ones no peer needs any more. A peer's Unrouted prefixes get no route.
 func (i *Interface) syncRoutes(peers map[PublicKey]Peer) error {
 	i.routeMu.Lock()
 	defer i.routeMu.Unlock()
@@ -208,6 +209,9 @@ func (i *Interface) syncRoutes(peers map[PublicKey]Peer) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range peers {
 		for _, pfx := range p.AllowedIPs {
+			if slices.Contains(p.Unrouted, pfx) {
+				continue
+			}
 			if pfx.Addr().Is4() != own.Addr().Is4() || !(pfx.Bits() >= own.Bits() && own.Contains(pfx.Addr())) {
 				want[pfx] = true
 			}
