@@ -31,6 +31,23 @@ type Plan struct {
 	// interface per domain). Traffic entering or leaving through them is
 	// filtered. The encrypted underlay is never named here and never cut.
 	OverlayInterfaces []string
+	// Reach lists addresses that arrive over, or leave through, an overlay
+	// interface on a via-gateway flow: a hop with that address over that
+	// interface is a hop with the gateway on the peer node (of class
+	// Class), not with the address's own member. Each (Iface, Addr) pair
+	// appears once. See [Reach].
+	Reach []Reach
+}
+
+// Reach is one address reached over an overlay interface through a
+// gateway on the peer node. The peer's WireGuard allowed IPs accept the
+// address only from that peer, so the interface vouches for the hop: the
+// gateway node already judged the hop into or out of its gateway, and the
+// origin's right to cross.
+type Reach struct {
+	Iface string     // an overlay interface, one of OverlayInterfaces
+	Addr  netip.Addr // the far address
+	Class ClassID    // the gateway's class
 }
 
 // PlanMember is one member as a node sees it.
@@ -114,6 +131,23 @@ func (p *Plan) Validate() error {
 			}
 			ifaceEE[m.Iface] = m.EE
 		}
+	}
+	reach := make(map[Reach]bool, len(p.Reach))
+	for i, r := range p.Reach {
+		if ifaces[r.Iface] != "overlay" {
+			return fmt.Errorf("plan: reach %d: interface %q is not one of the overlay interfaces", i, r.Iface)
+		}
+		if err := checkAddr(r.Addr); err != nil {
+			return fmt.Errorf("plan: reach %d: %w", i, err)
+		}
+		if r.Class < 0 || r.Class >= n {
+			return fmt.Errorf("plan: reach %d: class %d out of range (the matrix has %d classes)", i, r.Class, n)
+		}
+		k := Reach{Iface: r.Iface, Addr: r.Addr}
+		if reach[k] {
+			return fmt.Errorf("plan: reach of %s over %q listed twice", r.Addr, r.Iface)
+		}
+		reach[k] = true
 	}
 	for _, q := range p.Quarantine {
 		if !names[q] {

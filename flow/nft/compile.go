@@ -23,6 +23,8 @@ const (
 	mapCls6    = "cls6"    // ipv6 -> class
 	setBind4   = "bind4"   // ifname . ipv4 -> class: a local EE's own addresses
 	setBind6   = "bind6"   // ifname . ipv6 -> class
+	mapReach4  = "reach4"  // ifname . ipv4 -> class: addresses reached through a peer's gateway
+	mapReach6  = "reach6"  // ifname . ipv6 -> class
 	setCross   = "cross"   // class . class: origin may cross to final's domain
 	mapVerdict = "verdict" // class . class -> jump to a verdict chain
 )
@@ -52,6 +54,8 @@ var setDefs = []setDef{
 	{name: mapCls6, key: nftables.TypeIP6Addr, data: &typeClass, order: binaryutil.BigEndian},
 	{name: setBind4, key: typeBind4, data: &typeClass, concat: true},
 	{name: setBind6, key: typeBind6, data: &typeClass, concat: true},
+	{name: mapReach4, key: typeBind4, data: &typeClass, concat: true},
+	{name: mapReach6, key: typeBind6, data: &typeClass, concat: true},
 	{name: setCross, key: typeClassPair, concat: true, order: binaryutil.NativeEndian},
 	{name: mapVerdict, key: typeClassPair, data: &nftables.TypeVerdict, concat: true, order: binaryutil.NativeEndian},
 }
@@ -193,6 +197,13 @@ func compileGlobal(p *flow.Plan, st state) {
 	for _, n := range p.OverlayInterfaces {
 		st.put(setScope, ifname(n), "")
 	}
+	for _, r := range p.Reach {
+		set := mapReach6
+		if r.Addr.Is4() {
+			set = mapReach4
+		}
+		st.put(set, ifname(r.Iface)+addrBytes(r.Addr), classBytes(r.Class))
+	}
 	for _, c := range p.Controllers {
 		if c.Is4() {
 			st.put(mapCls4, addrBytes(c), controllerClass)
@@ -271,6 +282,7 @@ type applied struct {
 	eeIfs   []string
 	overlay []string
 	ctrls   []netip.Addr
+	reach   []flow.Reach
 	members map[string]memberState
 }
 
@@ -286,6 +298,7 @@ func record(p *flow.Plan, st state) *applied {
 		eeIfs:   slices.Clone(p.EEInterfaces),
 		overlay: slices.Clone(p.OverlayInterfaces),
 		ctrls:   slices.Clone(p.Controllers),
+		reach:   slices.Clone(p.Reach),
 		members: make(map[string]memberState, len(p.Members)),
 	}
 	quar := quarantined(p)
@@ -300,7 +313,8 @@ func record(p *flow.Plan, st state) *applied {
 // controllers as the recorded plan.
 func (a *applied) sameGlobal(p *flow.Plan) bool {
 	return a.matrix == p.Matrix && slices.Equal(a.eeIfs, p.EEInterfaces) &&
-		slices.Equal(a.overlay, p.OverlayInterfaces) && slices.Equal(a.ctrls, p.Controllers)
+		slices.Equal(a.overlay, p.OverlayInterfaces) && slices.Equal(a.ctrls, p.Controllers) &&
+		slices.Equal(a.reach, p.Reach)
 }
 
 // memberDiff returns the set changes for a plan that differs from the

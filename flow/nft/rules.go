@@ -34,15 +34,16 @@ type family struct {
 	srcOff, dstOff uint32
 	addrLen        uint32
 	cls, bind      string
+	reach          string
 	bindAddrReg    uint32 // the address after an interface name in reg1
 	bindAddrReg2   uint32 // the address after an interface name in reg2
 }
 
 var families = []family{
 	{name: "4", proto: unix.NFPROTO_IPV4, srcOff: 12, dstOff: 16, addrLen: 4,
-		cls: mapCls4, bind: setBind4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
+		cls: mapCls4, bind: setBind4, reach: mapReach4, bindAddrReg: reg32x04, bindAddrReg2: reg32x08},
 	{name: "6", proto: unix.NFPROTO_IPV6, srcOff: 8, dstOff: 24, addrLen: 16,
-		cls: mapCls6, bind: setBind6, bindAddrReg: reg2, bindAddrReg2: reg3},
+		cls: mapCls6, bind: setBind6, reach: mapReach6, bindAddrReg: reg2, bindAddrReg2: reg3},
 }
 
 // side is one end of a hop as the rules see it: the interface the packet
@@ -195,6 +196,14 @@ func (p *Programmer) directionChains(d direction, f family) []chainRules {
 	addrClass := func(s side, dreg uint32) []expr.Any {
 		return ex(loadAddr(f, s, reg2), p.mapTo(f.cls, reg2, dreg))
 	}
+	// reachO and reachF classify a remote end reached through a gateway
+	// on the peer node (the reach maps, keyed "overlay interface .
+	// address"); they come before the plain address lookup, which they
+	// override. The origin end is classified first (its key spans reg1
+	// onwards and its class lands in reg1's first word), then the final
+	// end (key in reg2 onwards, class in reg32x01).
+	reachO := ex(loadIf(o, reg1), loadAddr(f, o, f.bindAddrReg), p.mapTo(f.reach, reg1, reg1))
+	reachF := ex(loadIf(fin, reg2), loadAddr(f, fin, f.bindAddrReg2), p.mapTo(f.reach, reg2, reg32x01))
 	vmap := ex(p.mapTo(mapVerdict, reg1, regVerdict))
 	// ownClass looks up "interface . address" of a local end in the bind
 	// map: it matches only when the EE behind the interface owns the
@@ -209,15 +218,22 @@ func (p *Programmer) directionChains(d direction, f family) []chainRules {
 		// address: one lookup per end, then the verdict map. They give
 		// the same answer as the general rules below.
 		cat(ownClassO, ownClassF, vmap),
+		cat(notLocal(fin), ownClassO, reachF, vmap),
 		cat(notLocal(fin), ownClassO, addrClass(fin, reg32x01), vmap),
+		cat(notLocal(o), reachO, ownClassF, vmap),
 		cat(notLocal(o), addrClass(o, reg1), ownClassF, vmap),
 		cat(mismatch(o), ex(jump(expr.VerdictJump, originChain(d, f)))),
 		cat(mismatch(fin), ex(jump(expr.VerdictJump, finalChain(d, f)))),
 		// The hop's classes: a local end by its interface, a remote end
 		// by its address; then one verdict-map lookup.
 		cat(ifClass(o, reg1), ifClass(fin, reg32x01), vmap),
+		cat(notLocal(fin), ifClass(o, reg1), reachF, vmap),
 		cat(notLocal(fin), ifClass(o, reg1), addrClass(fin, reg32x01), vmap),
+		cat(notLocal(o), reachO, ifClass(fin, reg32x01), vmap),
 		cat(notLocal(o), addrClass(o, reg1), ifClass(fin, reg32x01), vmap),
+		cat(notLocal(o), notLocal(fin), reachO, reachF, vmap),
+		cat(notLocal(o), notLocal(fin), reachO, addrClass(fin, reg32x01), vmap),
+		cat(notLocal(o), notLocal(fin), addrClass(o, reg1), reachF, vmap),
 		cat(notLocal(o), notLocal(fin), addrClass(o, reg1), addrClass(fin, reg32x01), vmap),
 		ex(counter(CounterNonMember), verdict(expr.VerdictDrop)),
 	}}
