@@ -895,7 +895,9 @@ type Plan struct {
 	// traffic).
 	OnControllerLoss string `protobuf:"bytes,11,opt,name=on_controller_loss,json=onControllerLoss,proto3" json:"on_controller_loss,omitempty"`
 	// Where the node's measurement log continues (TPM-assured nodes only).
-	Cursor        *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// Routes that carry via-gateway flows through their gateways.
+	GatewayRoutes []*GatewayRoute `protobuf:"bytes,60,rep,name=gateway_routes,json=gatewayRoutes,proto3" json:"gateway_routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1010,6 +1012,13 @@ func (x *Plan) GetOnControllerLoss() string {
 func (x *Plan) GetCursor() *AttestCursor {
 	if x != nil {
 		return x.Cursor
+	}
+	return nil
+}
+
+func (x *Plan) GetGatewayRoutes() []*GatewayRoute {
+	if x != nil {
+		return x.GatewayRoutes
 	}
 	return nil
 }
@@ -1161,7 +1170,12 @@ type Peer struct {
 	// The peer's underlay endpoint, "host:port".
 	Endpoint string `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// The overlay addresses routed to the peer, CIDR notation.
-	AllowedIps    []string `protobuf:"bytes,4,rep,name=allowed_ips,json=allowedIps,proto3" json:"allowed_ips,omitempty"`
+	AllowedIps []string `protobuf:"bytes,4,rep,name=allowed_ips,json=allowedIps,proto3" json:"allowed_ips,omitempty"`
+	// Members of other domains reached through a gateway on the peer (flows
+	// the matrix sends via gateways): accepted from and sent to the peer
+	// like allowed IPs, but routed only by the plan's gateway routes, and
+	// judged as traffic with that gateway.
+	Reach         []*GatewayReach `protobuf:"bytes,5,rep,name=reach,proto3" json:"reach,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1224,6 +1238,166 @@ func (x *Peer) GetAllowedIps() []string {
 	return nil
 }
 
+func (x *Peer) GetReach() []*GatewayReach {
+	if x != nil {
+		return x.Reach
+	}
+	return nil
+}
+
+// GatewayReach is one address reached through a gateway on a peer node.
+type GatewayReach struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The address, e.g. "10.78.0.4".
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// The class of the gateway the traffic passes: a hop to or from the
+	// address over this peer is judged as a hop with that gateway. This is
+	// its domain.
+	Domain string `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
+	// The gateway's role.
+	Role          string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayReach) Reset() {
+	*x = GatewayReach{}
+	mi := &file_tvd_v1_agent_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayReach) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayReach) ProtoMessage() {}
+
+func (x *GatewayReach) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_agent_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayReach.ProtoReflect.Descriptor instead.
+func (*GatewayReach) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GatewayReach) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *GatewayReach) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *GatewayReach) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+// GatewayRoute steers the packets of a via-gateway flow from where they
+// enter the node to their next gateway: a local gateway EE, or the
+// overlay interface towards the peer node hosting it.
+type GatewayRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where the packets enter the node: from a local EE (its name), or from
+	// the overlay interface of a domain. Exactly one is set. This is the EE.
+	FromEe string `protobuf:"bytes,1,opt,name=from_ee,json=fromEe,proto3" json:"from_ee,omitempty"`
+	// The overlay interface's domain.
+	FromDomain string `protobuf:"bytes,2,opt,name=from_domain,json=fromDomain,proto3" json:"from_domain,omitempty"`
+	// Their destination address.
+	ToAddress string `protobuf:"bytes,3,opt,name=to_address,json=toAddress,proto3" json:"to_address,omitempty"`
+	// The next hop: a local gateway EE (its name), or the overlay interface
+	// of a domain (whose peers list the address in their reach). Exactly
+	// one is set. This is the gateway EE.
+	ViaEe string `protobuf:"bytes,4,opt,name=via_ee,json=viaEe,proto3" json:"via_ee,omitempty"`
+	// The overlay interface's domain.
+	ViaDomain     string `protobuf:"bytes,5,opt,name=via_domain,json=viaDomain,proto3" json:"via_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GatewayRoute) Reset() {
+	*x = GatewayRoute{}
+	mi := &file_tvd_v1_agent_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GatewayRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GatewayRoute) ProtoMessage() {}
+
+func (x *GatewayRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_agent_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GatewayRoute.ProtoReflect.Descriptor instead.
+func (*GatewayRoute) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GatewayRoute) GetFromEe() string {
+	if x != nil {
+		return x.FromEe
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetFromDomain() string {
+	if x != nil {
+		return x.FromDomain
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetToAddress() string {
+	if x != nil {
+		return x.ToAddress
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetViaEe() string {
+	if x != nil {
+		return x.ViaEe
+	}
+	return ""
+}
+
+func (x *GatewayRoute) GetViaDomain() string {
+	if x != nil {
+		return x.ViaDomain
+	}
+	return ""
+}
+
 // ClassSet is the overlay addresses of the members of one (domain, role).
 type ClassSet struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1239,7 +1413,7 @@ type ClassSet struct {
 
 func (x *ClassSet) Reset() {
 	*x = ClassSet{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[14]
+	mi := &file_tvd_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1425,7 @@ func (x *ClassSet) String() string {
 func (*ClassSet) ProtoMessage() {}
 
 func (x *ClassSet) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[14]
+	mi := &file_tvd_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1438,7 @@ func (x *ClassSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClassSet.ProtoReflect.Descriptor instead.
 func (*ClassSet) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClassSet) GetDomain() string {
@@ -1305,7 +1479,7 @@ type FlowPlan struct {
 
 func (x *FlowPlan) Reset() {
 	*x = FlowPlan{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[15]
+	mi := &file_tvd_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1491,7 @@ func (x *FlowPlan) String() string {
 func (*FlowPlan) ProtoMessage() {}
 
 func (x *FlowPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[15]
+	mi := &file_tvd_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1504,7 @@ func (x *FlowPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowPlan.ProtoReflect.Descriptor instead.
 func (*FlowPlan) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FlowPlan) GetMatrixId() string {
@@ -1371,7 +1545,7 @@ type QuarantinedMember struct {
 
 func (x *QuarantinedMember) Reset() {
 	*x = QuarantinedMember{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[16]
+	mi := &file_tvd_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1557,7 @@ func (x *QuarantinedMember) String() string {
 func (*QuarantinedMember) ProtoMessage() {}
 
 func (x *QuarantinedMember) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[16]
+	mi := &file_tvd_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1570,7 @@ func (x *QuarantinedMember) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuarantinedMember.ProtoReflect.Descriptor instead.
 func (*QuarantinedMember) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *QuarantinedMember) GetMember() *Member {
@@ -1446,7 +1620,7 @@ type Instruction struct {
 
 func (x *Instruction) Reset() {
 	*x = Instruction{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[17]
+	mi := &file_tvd_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1632,7 @@ func (x *Instruction) String() string {
 func (*Instruction) ProtoMessage() {}
 
 func (x *Instruction) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[17]
+	mi := &file_tvd_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1645,7 @@ func (x *Instruction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Instruction.ProtoReflect.Descriptor instead.
 func (*Instruction) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Instruction) GetId() string {
@@ -1522,7 +1696,7 @@ type Quote struct {
 
 func (x *Quote) Reset() {
 	*x = Quote{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[18]
+	mi := &file_tvd_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1708,7 @@ func (x *Quote) String() string {
 func (*Quote) ProtoMessage() {}
 
 func (x *Quote) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[18]
+	mi := &file_tvd_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1721,7 @@ func (x *Quote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quote.ProtoReflect.Descriptor instead.
 func (*Quote) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Quote) GetAttest() []byte {
@@ -1579,7 +1753,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[19]
+	mi := &file_tvd_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1765,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[19]
+	mi := &file_tvd_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1778,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PCRValue) GetHashAlg() uint32 {
@@ -1645,7 +1819,7 @@ type EEStatus struct {
 
 func (x *EEStatus) Reset() {
 	*x = EEStatus{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[20]
+	mi := &file_tvd_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1831,7 @@ func (x *EEStatus) String() string {
 func (*EEStatus) ProtoMessage() {}
 
 func (x *EEStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[20]
+	mi := &file_tvd_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1844,7 @@ func (x *EEStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EEStatus.ProtoReflect.Descriptor instead.
 func (*EEStatus) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *EEStatus) GetName() string {
@@ -1718,7 +1892,7 @@ type DomainAck struct {
 
 func (x *DomainAck) Reset() {
 	*x = DomainAck{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[21]
+	mi := &file_tvd_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +1904,7 @@ func (x *DomainAck) String() string {
 func (*DomainAck) ProtoMessage() {}
 
 func (x *DomainAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[21]
+	mi := &file_tvd_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +1917,7 @@ func (x *DomainAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainAck.ProtoReflect.Descriptor instead.
 func (*DomainAck) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DomainAck) GetDomain() string {
@@ -1789,7 +1963,7 @@ type InstructionAck struct {
 
 func (x *InstructionAck) Reset() {
 	*x = InstructionAck{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[22]
+	mi := &file_tvd_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1975,7 @@ func (x *InstructionAck) String() string {
 func (*InstructionAck) ProtoMessage() {}
 
 func (x *InstructionAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[22]
+	mi := &file_tvd_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +1988,7 @@ func (x *InstructionAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstructionAck.ProtoReflect.Descriptor instead.
 func (*InstructionAck) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *InstructionAck) GetId() string {
@@ -1855,7 +2029,7 @@ type PlanAck struct {
 
 func (x *PlanAck) Reset() {
 	*x = PlanAck{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[23]
+	mi := &file_tvd_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2041,7 @@ func (x *PlanAck) String() string {
 func (*PlanAck) ProtoMessage() {}
 
 func (x *PlanAck) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[23]
+	mi := &file_tvd_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2054,7 @@ func (x *PlanAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanAck.ProtoReflect.Descriptor instead.
 func (*PlanAck) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PlanAck) GetPlanVersion() uint64 {
@@ -1927,7 +2101,7 @@ type ChannelKey struct {
 
 func (x *ChannelKey) Reset() {
 	*x = ChannelKey{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[24]
+	mi := &file_tvd_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2113,7 @@ func (x *ChannelKey) String() string {
 func (*ChannelKey) ProtoMessage() {}
 
 func (x *ChannelKey) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[24]
+	mi := &file_tvd_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2126,7 @@ func (x *ChannelKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ChannelKey.ProtoReflect.Descriptor instead.
 func (*ChannelKey) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ChannelKey) GetDomain() string {
@@ -2009,7 +2183,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[25]
+	mi := &file_tvd_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2195,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[25]
+	mi := &file_tvd_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2208,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReportRequest) GetNode() string {
@@ -2125,7 +2299,7 @@ type AttestCursor struct {
 
 func (x *AttestCursor) Reset() {
 	*x = AttestCursor{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	mi := &file_tvd_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2311,7 @@ func (x *AttestCursor) String() string {
 func (*AttestCursor) ProtoMessage() {}
 
 func (x *AttestCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[26]
+	mi := &file_tvd_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2324,7 @@ func (x *AttestCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestCursor.ProtoReflect.Descriptor instead.
 func (*AttestCursor) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AttestCursor) GetResetCount() uint32 {
@@ -2192,7 +2366,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[27]
+	mi := &file_tvd_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2378,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[27]
+	mi := &file_tvd_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2391,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReportResponse) GetVerdicts() []*Verdict {
@@ -2263,7 +2437,7 @@ type RenewMemberRequest struct {
 
 func (x *RenewMemberRequest) Reset() {
 	*x = RenewMemberRequest{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[28]
+	mi := &file_tvd_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2449,7 @@ func (x *RenewMemberRequest) String() string {
 func (*RenewMemberRequest) ProtoMessage() {}
 
 func (x *RenewMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[28]
+	mi := &file_tvd_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2462,7 @@ func (x *RenewMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewMemberRequest.ProtoReflect.Descriptor instead.
 func (*RenewMemberRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewMemberRequest) GetNode() string {
@@ -2325,7 +2499,7 @@ type RenewMemberResponse struct {
 
 func (x *RenewMemberResponse) Reset() {
 	*x = RenewMemberResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[29]
+	mi := &file_tvd_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2511,7 @@ func (x *RenewMemberResponse) String() string {
 func (*RenewMemberResponse) ProtoMessage() {}
 
 func (x *RenewMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[29]
+	mi := &file_tvd_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2524,7 @@ func (x *RenewMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewMemberResponse.ProtoReflect.Descriptor instead.
 func (*RenewMemberResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewMemberResponse) GetCertChain() [][]byte {
@@ -2382,7 +2556,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[30]
+	mi := &file_tvd_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2394,7 +2568,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[30]
+	mi := &file_tvd_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2407,7 +2581,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LeaveRequest) GetNode() string {
@@ -2442,7 +2616,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_tvd_v1_agent_proto_msgTypes[31]
+	mi := &file_tvd_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2628,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_agent_proto_msgTypes[31]
+	mi := &file_tvd_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2641,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_tvd_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LeaveResponse) GetPlanVersion() uint64 {
@@ -2532,7 +2706,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12*\n" +
 	"\x11last_plan_version\x18\x02 \x01(\x04R\x0flastPlanVersion\"1\n" +
 	"\rWatchResponse\x12 \n" +
-	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xab\x04\n" +
+	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xe8\x04\n" +
 	"\x04Plan\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x12,\n" +
@@ -2550,7 +2724,8 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"freshUntil\x12,\n" +
 	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\x12,\n" +
-	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\"\xb2\x01\n" +
+	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\x12;\n" +
+	"\x0egateway_routes\x18< \x03(\v2\x14.tvd.v1.GatewayRouteR\rgatewayRoutes\"\xb2\x01\n" +
 	"\n" +
 	"PlanMember\x12&\n" +
 	"\x06member\x18\x01 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x1d\n" +
@@ -2561,13 +2736,27 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\vDomainPeers\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12%\n" +
 	"\x0eoverlay_prefix\x18\x02 \x01(\tR\roverlayPrefix\x12\"\n" +
-	"\x05peers\x18\x03 \x03(\v2\f.tvd.v1.PeerR\x05peers\"\x89\x01\n" +
+	"\x05peers\x18\x03 \x03(\v2\f.tvd.v1.PeerR\x05peers\"\xb5\x01\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x120\n" +
 	"\x14wireguard_public_key\x18\x02 \x01(\fR\x12wireguardPublicKey\x12\x1a\n" +
 	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12\x1f\n" +
 	"\vallowed_ips\x18\x04 \x03(\tR\n" +
-	"allowedIps\"T\n" +
+	"allowedIps\x12*\n" +
+	"\x05reach\x18\x05 \x03(\v2\x14.tvd.v1.GatewayReachR\x05reach\"T\n" +
+	"\fGatewayReach\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
+	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"\x9d\x01\n" +
+	"\fGatewayRoute\x12\x17\n" +
+	"\afrom_ee\x18\x01 \x01(\tR\x06fromEe\x12\x1f\n" +
+	"\vfrom_domain\x18\x02 \x01(\tR\n" +
+	"fromDomain\x12\x1d\n" +
+	"\n" +
+	"to_address\x18\x03 \x01(\tR\ttoAddress\x12\x15\n" +
+	"\x06via_ee\x18\x04 \x01(\tR\x05viaEe\x12\x1d\n" +
+	"\n" +
+	"via_domain\x18\x05 \x01(\tR\tviaDomain\"T\n" +
 	"\bClassSet\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x12\n" +
 	"\x04role\x18\x02 \x01(\tR\x04role\x12\x1c\n" +
@@ -2689,7 +2878,7 @@ func file_tvd_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_tvd_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tvd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_tvd_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_tvd_v1_agent_proto_goTypes = []any{
 	(EEState)(0),                       // 0: tvd.v1.EEState
 	(ChannelState)(0),                  // 1: tvd.v1.ChannelState
@@ -2707,91 +2896,95 @@ var file_tvd_v1_agent_proto_goTypes = []any{
 	(*PlanMember)(nil),                 // 13: tvd.v1.PlanMember
 	(*DomainPeers)(nil),                // 14: tvd.v1.DomainPeers
 	(*Peer)(nil),                       // 15: tvd.v1.Peer
-	(*ClassSet)(nil),                   // 16: tvd.v1.ClassSet
-	(*FlowPlan)(nil),                   // 17: tvd.v1.FlowPlan
-	(*QuarantinedMember)(nil),          // 18: tvd.v1.QuarantinedMember
-	(*Instruction)(nil),                // 19: tvd.v1.Instruction
-	(*Quote)(nil),                      // 20: tvd.v1.Quote
-	(*PCRValue)(nil),                   // 21: tvd.v1.PCRValue
-	(*EEStatus)(nil),                   // 22: tvd.v1.EEStatus
-	(*DomainAck)(nil),                  // 23: tvd.v1.DomainAck
-	(*InstructionAck)(nil),             // 24: tvd.v1.InstructionAck
-	(*PlanAck)(nil),                    // 25: tvd.v1.PlanAck
-	(*ChannelKey)(nil),                 // 26: tvd.v1.ChannelKey
-	(*ReportRequest)(nil),              // 27: tvd.v1.ReportRequest
-	(*AttestCursor)(nil),               // 28: tvd.v1.AttestCursor
-	(*ReportResponse)(nil),             // 29: tvd.v1.ReportResponse
-	(*RenewMemberRequest)(nil),         // 30: tvd.v1.RenewMemberRequest
-	(*RenewMemberResponse)(nil),        // 31: tvd.v1.RenewMemberResponse
-	(*LeaveRequest)(nil),               // 32: tvd.v1.LeaveRequest
-	(*LeaveResponse)(nil),              // 33: tvd.v1.LeaveResponse
-	nil,                                // 34: tvd.v1.EESpec.ClaimsEntry
-	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
-	(Assurance)(0),                     // 36: tvd.v1.Assurance
-	(*Member)(nil),                     // 37: tvd.v1.Member
-	(Reaction)(0),                      // 38: tvd.v1.Reaction
-	(*Verdict)(nil),                    // 39: tvd.v1.Verdict
+	(*GatewayReach)(nil),               // 16: tvd.v1.GatewayReach
+	(*GatewayRoute)(nil),               // 17: tvd.v1.GatewayRoute
+	(*ClassSet)(nil),                   // 18: tvd.v1.ClassSet
+	(*FlowPlan)(nil),                   // 19: tvd.v1.FlowPlan
+	(*QuarantinedMember)(nil),          // 20: tvd.v1.QuarantinedMember
+	(*Instruction)(nil),                // 21: tvd.v1.Instruction
+	(*Quote)(nil),                      // 22: tvd.v1.Quote
+	(*PCRValue)(nil),                   // 23: tvd.v1.PCRValue
+	(*EEStatus)(nil),                   // 24: tvd.v1.EEStatus
+	(*DomainAck)(nil),                  // 25: tvd.v1.DomainAck
+	(*InstructionAck)(nil),             // 26: tvd.v1.InstructionAck
+	(*PlanAck)(nil),                    // 27: tvd.v1.PlanAck
+	(*ChannelKey)(nil),                 // 28: tvd.v1.ChannelKey
+	(*ReportRequest)(nil),              // 29: tvd.v1.ReportRequest
+	(*AttestCursor)(nil),               // 30: tvd.v1.AttestCursor
+	(*ReportResponse)(nil),             // 31: tvd.v1.ReportResponse
+	(*RenewMemberRequest)(nil),         // 32: tvd.v1.RenewMemberRequest
+	(*RenewMemberResponse)(nil),        // 33: tvd.v1.RenewMemberResponse
+	(*LeaveRequest)(nil),               // 34: tvd.v1.LeaveRequest
+	(*LeaveResponse)(nil),              // 35: tvd.v1.LeaveResponse
+	nil,                                // 36: tvd.v1.EESpec.ClaimsEntry
+	(*timestamppb.Timestamp)(nil),      // 37: google.protobuf.Timestamp
+	(Assurance)(0),                     // 38: tvd.v1.Assurance
+	(*Member)(nil),                     // 39: tvd.v1.Member
+	(Reaction)(0),                      // 40: tvd.v1.Reaction
+	(*Verdict)(nil),                    // 41: tvd.v1.Verdict
 }
 var file_tvd_v1_agent_proto_depIdxs = []int32{
-	34, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
+	36, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
 	3,  // 1: tvd.v1.EnrollRequest.tpm:type_name -> tvd.v1.TPMEnrollment
 	2,  // 2: tvd.v1.EnrollRequest.ees:type_name -> tvd.v1.EESpec
-	35, // 3: tvd.v1.NodeCredentials.expires:type_name -> google.protobuf.Timestamp
+	37, // 3: tvd.v1.NodeCredentials.expires:type_name -> google.protobuf.Timestamp
 	5,  // 4: tvd.v1.EnrollResponse.credentials:type_name -> tvd.v1.NodeCredentials
 	6,  // 5: tvd.v1.EnrollResponse.challenge:type_name -> tvd.v1.CredentialChallenge
-	36, // 6: tvd.v1.EnrollResponse.assurance:type_name -> tvd.v1.Assurance
+	38, // 6: tvd.v1.EnrollResponse.assurance:type_name -> tvd.v1.Assurance
 	5,  // 7: tvd.v1.ActivateCredentialResponse.credentials:type_name -> tvd.v1.NodeCredentials
-	36, // 8: tvd.v1.ActivateCredentialResponse.assurance:type_name -> tvd.v1.Assurance
+	38, // 8: tvd.v1.ActivateCredentialResponse.assurance:type_name -> tvd.v1.Assurance
 	12, // 9: tvd.v1.WatchResponse.plan:type_name -> tvd.v1.Plan
 	13, // 10: tvd.v1.Plan.members:type_name -> tvd.v1.PlanMember
 	14, // 11: tvd.v1.Plan.peers:type_name -> tvd.v1.DomainPeers
-	17, // 12: tvd.v1.Plan.flow:type_name -> tvd.v1.FlowPlan
-	18, // 13: tvd.v1.Plan.quarantine:type_name -> tvd.v1.QuarantinedMember
-	19, // 14: tvd.v1.Plan.instructions:type_name -> tvd.v1.Instruction
-	35, // 15: tvd.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
-	35, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
-	28, // 17: tvd.v1.Plan.cursor:type_name -> tvd.v1.AttestCursor
-	37, // 18: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
-	35, // 19: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
-	15, // 20: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
-	16, // 21: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
-	37, // 22: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
-	38, // 23: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
-	37, // 24: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
-	35, // 25: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
-	0,  // 26: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
-	1,  // 27: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
-	35, // 28: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
-	23, // 29: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
-	24, // 30: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
-	20, // 31: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
-	21, // 32: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
-	22, // 33: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
-	25, // 34: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
-	26, // 35: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
-	2,  // 36: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
-	39, // 37: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
-	35, // 38: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
-	28, // 39: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
-	37, // 40: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
-	35, // 41: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
-	4,  // 42: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
-	8,  // 43: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
-	10, // 44: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
-	27, // 45: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
-	30, // 46: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
-	32, // 47: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
-	7,  // 48: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
-	9,  // 49: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
-	11, // 50: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
-	29, // 51: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
-	31, // 52: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
-	33, // 53: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
-	48, // [48:54] is the sub-list for method output_type
-	42, // [42:48] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	19, // 12: tvd.v1.Plan.flow:type_name -> tvd.v1.FlowPlan
+	20, // 13: tvd.v1.Plan.quarantine:type_name -> tvd.v1.QuarantinedMember
+	21, // 14: tvd.v1.Plan.instructions:type_name -> tvd.v1.Instruction
+	37, // 15: tvd.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
+	37, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
+	30, // 17: tvd.v1.Plan.cursor:type_name -> tvd.v1.AttestCursor
+	17, // 18: tvd.v1.Plan.gateway_routes:type_name -> tvd.v1.GatewayRoute
+	39, // 19: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
+	37, // 20: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
+	15, // 21: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
+	16, // 22: tvd.v1.Peer.reach:type_name -> tvd.v1.GatewayReach
+	18, // 23: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
+	39, // 24: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
+	40, // 25: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
+	39, // 26: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
+	37, // 27: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
+	0,  // 28: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
+	1,  // 29: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
+	37, // 30: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
+	25, // 31: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
+	26, // 32: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
+	22, // 33: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
+	23, // 34: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
+	24, // 35: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
+	27, // 36: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
+	28, // 37: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
+	2,  // 38: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
+	41, // 39: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
+	37, // 40: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
+	30, // 41: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
+	39, // 42: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
+	37, // 43: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
+	4,  // 44: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
+	8,  // 45: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
+	10, // 46: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
+	29, // 47: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
+	32, // 48: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
+	34, // 49: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
+	7,  // 50: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
+	9,  // 51: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
+	11, // 52: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
+	31, // 53: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
+	33, // 54: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
+	35, // 55: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
+	50, // [50:56] is the sub-list for method output_type
+	44, // [44:50] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_agent_proto_init() }
@@ -2809,7 +3002,7 @@ func file_tvd_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tvd_v1_agent_proto_rawDesc), len(file_tvd_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
