@@ -99,6 +99,7 @@ type DataPlane struct {
 	flowOn   bool         // the nft table exists
 	sysctls  map[string]string
 	last     *tvdv1.Plan // the last plan read
+	gw       gwState     // gateway routing in force
 }
 
 // New opens handles into the node namespace. It changes nothing in the
@@ -303,6 +304,16 @@ func (d *DataPlane) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 		}
 		d.attached[ee] = at
 		d.log.InfoContext(ctx, "EE attached", "ee", ee, "domain", ms.Domain, "address", ms.Addr, "link", at.name)
+	}
+
+	// 5. Gateway routes, once the links and interfaces they name exist.
+	for _, err := range want.RouteErr {
+		d.log.WarnContext(ctx, "gateway route left out", "err", err)
+	}
+	if flowErr == nil {
+		if err := d.syncGatewayRoutes(ctx, want); err != nil {
+			global = append(global, err)
+		}
 	}
 
 	// Acknowledgements and keys.
@@ -537,6 +548,9 @@ func (d *DataPlane) Close() error {
 		}
 	}
 	d.attached = nil
+	if err := d.removeGatewayRoutes(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, st := range d.domains {
 		if err := st.iface.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("domain %s: %w", st.spec.Name, err))

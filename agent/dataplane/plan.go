@@ -25,6 +25,13 @@ func VethName(ee string) string {
 	return "v" + hex.EncodeToString(sum[:4])
 }
 
+// StraightTOS is the IP TOS value that makes a packet skip the gateway
+// routes and go straight to its destination, where the flow rules judge
+// it as sent straight: the lab's probe that a flow the matrix sends
+// through gateways is dropped when it tries to go straight. It lifts no
+// restriction: every hop is still filtered.
+const StraightTOS = 0x04
+
 // domainRE is what a domain name must look like to name files and keys:
 // the policy's names are lower-case; this is a little wider, never a path.
 var domainRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -43,9 +50,27 @@ type domainSpec struct {
 	NodeAddr netip.Addr
 	Peers    []channel.Peer
 	raw      []*tvdv1.Peer
+	// Reach are the addresses reached through a gateway on a peer (see
+	// tvdv1.GatewayReach), in the peers' order.
+	Reach []reachSpec
 	// Err is what is wrong with the domain's part of the plan; the domain
 	// is then not programmed (or left as it was).
 	Err error
+}
+
+// reachSpec is one address a peer carries for a via-gateway flow.
+type reachSpec struct {
+	Addr         netip.Addr
+	Domain, Role string // the gateway's class
+}
+
+// gwRouteSpec is one gateway route of the plan (tvdv1.GatewayRoute):
+// packets entering from FromEE's link or FromDomain's interface, to To,
+// go to ViaEE's link or ViaDomain's interface.
+type gwRouteSpec struct {
+	FromEE, FromDomain string
+	To                 netip.Addr
+	ViaEE, ViaDomain   string
 }
 
 // errNoOverlay marks a domain without overlay: its policy gives no subnet,
@@ -58,6 +83,10 @@ type desired struct {
 	Domains map[string]*domainSpec
 	// MemberErr holds, by domain, members that could not be taken.
 	MemberErr map[string][]error
+	// GatewayRoutes carry via-gateway flows through their gateways.
+	GatewayRoutes []gwRouteSpec
+	// RouteErr lists gateway routes that could not be read (left out).
+	RouteErr []error
 }
 
 // firstHost returns the first host address of p, the node side of every
@@ -158,7 +187,46 @@ func readPlan(p *tvdv1.Plan) (*desired, error) {
 		}
 		ds.Peers = peers
 	}
+	for i, r := range p.GetGatewayRoutes() {
+		g, err := readGatewayRoute(r, d)
+		if err != nil {
+			d.RouteErr = append(d.RouteErr, fmt.Errorf("gateway route %d: %w", i, err))
+			continue
+		}
+		d.GatewayRoutes = append(d.GatewayRoutes, g)
+	}
 	return d, nil
+}
+
+// readGatewayRoute checks one gateway route against the plan: its ends
+// must be local members or domains of the plan.
+func readGatewayRoute(r *tvdv1.GatewayRoute, d *desired) (gwRouteSpec, error) {
+	g := gwRouteSpec{FromEE: r.GetFromEe(), FromDomain: r.GetFromDomain(), ViaEE: r.GetViaEe(), ViaDomain: r.GetViaDomain()}
+	if (g.FromEE == "") == (g.FromDomain == "") {
+		return g, errors.New("want exactly one of from_ee and from_domain")
+	}
+	if (g.ViaEE == "") == (g.ViaDomain == "") {
+		return g, errors.New("want exactly one of via_ee and via_domain")
+	}
+	for _, ee := range []string{g.FromEE, g.ViaEE} {
+		if _, ok := d.Members[ee]; ee != "" && !ok {
+			return g, fmt.Errorf("EE %q is not a local member of the plan", ee)
+		}
+	}
+	for _, dom := range []string{g.FromDomain, g.ViaDomain} {
+		if ds, ok := d.Domains[dom]; dom != "" && (!ok || ds.Err != nil) {
+			return g, fmt.Errorf("domain %q has no channel in the plan", dom)
+		}
+	}
+	a, err := netip.ParseAddr(r.GetToAddress())
+	if err != nil || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+		return g, fmt.Errorf("to_address %q: want a unicast IP address", r.GetToAddress())
+	}
+	g.To = a.Unmap()
+	if g.ViaEE != "" && d.Members[g.ViaEE].Addr.Is4() != g.To.Is4() {
+		return g, fmt.Errorf("to_address %s and gateway %q are of different address families", g.To, g.ViaEE)
+	}
+	return g, nil
 }
 
 // readPeers converts a domain's peers. Every allowed IP must lie inside
@@ -206,8 +274,42 @@ func readPeers(ds *domainSpec, local map[netip.Addr]string) ([]channel.Peer, err
 		}
 		out = append(out, peer)
 	}
+	// Reach addresses second, so that one never takes an address another
+	// peer has as an allowed IP (WireGuard gives each to one peer).
+	taken := map[netip.Prefix]bool{}
+	for _, peer := range out {
+		for _, pfx := range peer.AllowedIPs {
+			taken[pfx] = true
+		}
+	}
+	for i, p := range ds.raw {
+		for _, r := range p.GetReach() {
+			a, err := netip.ParseAddr(r.GetAddress())
+			if err != nil || a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+				return nil, fmt.Errorf("peer %q: reach address %q: want a unicast IP address", p.GetNode(), r.GetAddress())
+			}
+			a = a.Unmap()
+			if a == ds.NodeAddr {
+				return nil, fmt.Errorf("peer %q: reach address %s is the node address", p.GetNode(), a)
+			}
+			// A reach address may be a local member's: a flow between two
+			// local EEs of different domains can go out to the gateways
+			// and back. It gets no route of its own (Unrouted); only the
+			// gateway routes send traffic to the peer.
+			pfx := hostPrefix(a)
+			if taken[pfx] {
+				continue // fail closed: the flow is not carried
+			}
+			taken[pfx] = true
+			out[i].AllowedIPs = append(out[i].AllowedIPs, pfx)
+			out[i].Unrouted = append(out[i].Unrouted, pfx)
+			ds.Reach = append(ds.Reach, reachSpec{Addr: a, Domain: r.GetDomain(), Role: r.GetRole()})
+		}
+	}
 	return out, nil
 }
+
+func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
 
 // flowPlan builds the node's flow plan from the plan's classes and
 // quarantine, the local members and the interfaces. Addresses the matrix
@@ -286,6 +388,33 @@ func flowPlan(p *tvdv1.Plan, m *flow.Matrix, d *desired, controllers []netip.Add
 	}
 	sort.Strings(fp.Quarantine)
 	fp.Quarantine = compactStrings(fp.Quarantine)
+	doms := make([]string, 0, len(d.Domains))
+	for name := range d.Domains {
+		doms = append(doms, name)
+	}
+	sort.Strings(doms)
+	seen := map[flow.Reach]bool{}
+	for _, name := range doms {
+		ds := d.Domains[name]
+		if ds.Err != nil {
+			continue
+		}
+		iface := channel.InterfaceName(name)
+		for _, r := range ds.Reach {
+			c, ok := m.Class(r.Domain, r.Role)
+			if !ok {
+				warn = append(warn, fmt.Sprintf("domain %s: reach %s: gateway class %s/%s is not in the flow matrix", name, r.Addr, r.Domain, r.Role))
+				continue
+			}
+			k := flow.Reach{Iface: iface, Addr: r.Addr}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			k.Class = c
+			fp.Reach = append(fp.Reach, k)
+		}
+	}
 	return fp, warn
 }
 
