@@ -138,6 +138,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	}
 	sort.Strings(domains)
 	cross := c.crossPeers(node, members)
+	gw := c.gatewayPlan(members)
 	for _, d := range domains {
 		dp := &tvdv1.DomainPeers{Domain: d}
 		if comp != nil {
@@ -172,7 +173,8 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 					allowed = append(allowed, netip.PrefixFrom(ip, ip.BitLen()).String())
 				}
 			}
-			dp.Peers = append(dp.Peers, &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint, AllowedIps: allowed})
+			dp.Peers = append(dp.Peers, &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint, AllowedIps: allowed,
+				Reach: gw.reachFor(node, d, peer, gw.reachAddrs(node, d, peer))})
 		}
 		p.Peers = append(p.Peers, dp)
 	}
@@ -206,6 +208,9 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 				p.Quarantine = append(p.Quarantine, &tvdv1.QuarantinedMember{Member: api.MemberToProto(m.member()), Addresses: []string{m.Address}, Reason: m.StatusReason})
 			}
 		}
+	}
+	if gw != nil {
+		p.GatewayRoutes = gw.routes[node]
 	}
 	// Reactions not yet carried out.
 	for _, m := range members {
