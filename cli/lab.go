@@ -337,7 +337,7 @@ is cut off and nothing else changed), prints the report, and takes the lab down.
 					return false, err
 				}
 				for _, r := range res {
-					if (r.From == offender || r.To == offender) && r.Observed {
+					if (r.From == offender || r.To == offender) && (r.Observed || r.ObservedRouted) {
 						return false, nil
 					}
 				}

@@ -11,28 +11,52 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
 	"github.com/vishvananda/netns"
 
+	"github.com/tvd-dev/tvd/agent/dataplane"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 )
 
 // CheckPort is the TCP port `lab check` listens on inside every EE.
 const CheckPort = 7070
 
-// Result is one pair of EEs as `lab check` observed it.
+// Result is one pair of EEs as `lab check` observed it, with two probes:
+// a connection sent straight (marked to skip the gateway routes) and one
+// routed as the node routes it (through the gateways where the matrix
+// sends the flow through them).
 type Result struct {
 	Pair
-	Observed bool   `json:"observed"` // a TCP connection from From reached To
-	Detail   string `json:"detail,omitempty"`
+	Observed bool `json:"observed"` // the straight connection reached To
+	// Routed is whether a routed connection should pass: straight, or
+	// through the gateways of Via.
+	Routed         bool   `json:"routed"`
+	ObservedRouted bool   `json:"observedRouted"` // the routed connection reached To
+	Detail         string `json:"detail,omitempty"`
+	RoutedDetail   string `json:"routedDetail,omitempty"`
 }
 
-// Pass reports whether the observation matches the policy.
-func (r Result) Pass() bool { return r.Observed == r.Allow }
+// Pass reports whether both observations match the policy.
+func (r Result) Pass() bool { return r.Observed == r.Allow && r.ObservedRouted == r.Routed }
+
+// Probes is the number of probes of the result that match the policy, and
+// of those that do not.
+func (r Result) Probes() (passed, failed int) {
+	for _, ok := range []bool{r.Observed == r.Allow, r.ObservedRouted == r.Routed} {
+		if ok {
+			passed++
+		} else {
+			failed++
+		}
+	}
+	return passed, failed
+}
 
 // eeNetNS is where a node's agent keeps an EE's network namespace (the
 // linux EE driver bind-mounts it there).
@@ -68,12 +92,16 @@ func inNetNS(path string, fn func() error) error {
 	return ferr
 }
 
-// Check sends a real TCP connection for every ordered pair of EEs of the
-// lab, straight from the source EE's network namespace to the destination
-// EE's overlay address, and compares what passed with what the policy's
-// matrix says (a packet sent straight passes exactly when the cell allows
-// it; flows that must cross gateways are expected to be dropped when sent
-// straight). It needs the EEs running as containers with the data plane.
+// Check sends two real TCP connections for every ordered pair of EEs of
+// the lab, from the source EE's network namespace to the destination EE's
+// overlay address, and compares what passed with what the policy's matrix
+// says. The first is sent straight (IP TOS dataplane.StraightTOS, which
+// skips the gateway routes): it passes exactly when the cell allows a
+// packet straight. The second is routed as the nodes route it: through the
+// gateways where the matrix sends the flow through them, so it passes
+// exactly when the cell allows the flow straight or through gateways
+// (flow.Matrix.Via). It needs the EEs running as containers with the data
+// plane.
 //
 // Offenders are EEs cut off by a reaction: every flow from or to them is
 // expected to be dropped.
@@ -150,33 +178,43 @@ func Check(ctx context.Context, st *State, timeout time.Duration, offenders ...s
 	}
 	for i, p := range pairs {
 		if cut[p.From] || cut[p.To] {
-			p.Allow, p.Rule = false, p.Rule+" (offender cut off)"
+			p.Allow, p.Via, p.Rule = false, nil, p.Rule+" (offender cut off)"
 		}
-		results[i] = Result{Pair: p}
+		results[i] = Result{Pair: p, Routed: p.Allow || len(p.Via) > 0}
 		dst, ok := addr[p.To]
 		if !ok {
 			results[i].Detail = "destination is not a member"
 			continue
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			err := inNetNS(where[p.From], func() error {
-				d := net.Dialer{Timeout: timeout}
-				c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
-				if err == nil {
-					c.Close()
+		for _, straight := range []bool{true, false} {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				err := inNetNS(where[p.From], func() error {
+					d := net.Dialer{Timeout: timeout}
+					if straight {
+						d.Control = straightTOS
+					}
+					c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
+					if err == nil {
+						c.Close()
+					}
+					return err
+				})
+				switch {
+				case straight && err == nil:
+					results[i].Observed = true
+				case straight:
+					results[i].Detail = err.Error()
+				case err == nil:
+					results[i].ObservedRouted = true
+				default:
+					results[i].RoutedDetail = err.Error()
 				}
-				return err
-			})
-			if err == nil {
-				results[i].Observed = true
-			} else {
-				results[i].Detail = err.Error()
-			}
-		}()
+			}()
+		}
 	}
 	wg.Wait()
 	return results, ctx.Err()
@@ -192,8 +230,8 @@ func WriteCheck(w io.Writer, results []Result) int {
 		return false
 	})
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FROM\tTO\tRULE\tEXPECTED\tOBSERVED\t")
-	failed := 0
+	fmt.Fprintln(tw, "FROM\tTO\tRULE\tSTRAIGHT\tOBSERVED\tROUTED\tOBSERVED\t")
+	passed, failed := 0, 0
 	word := func(b bool) string {
 		if b {
 			return "pass"
@@ -204,11 +242,35 @@ func WriteCheck(w io.Writer, results []Result) int {
 		mark := "ok"
 		if !r.Pass() {
 			mark = "MISMATCH"
-			failed++
 		}
-		fmt.Fprintf(tw, "%s (%s)\t%s (%s)\t%s\t%s\t%s\t%s\n", r.From, r.FromClass, r.To, r.ToClass, r.Rule, word(r.Allow), word(r.Observed), mark)
+		p, f := r.Probes()
+		passed += p
+		failed += f
+		routed := word(r.Routed)
+		if len(r.Via) > 0 && !r.Allow {
+			routed += " via " + strings.Join(r.Via, ", ")
+		}
+		fmt.Fprintf(tw, "%s (%s)\t%s (%s)\t%s\t%s\t%s\t%s\t%s\t%s\n", r.From, r.FromClass, r.To, r.ToClass, r.Rule,
+			word(r.Allow), word(r.Observed), routed, word(r.ObservedRouted), mark)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "%d passed, %d failed\n", len(results)-failed, failed)
+	fmt.Fprintf(w, "%d passed, %d failed (two probes per pair: straight, and routed through the gateways)\n", passed, failed)
 	return failed
+}
+
+// straightTOS marks a probe's socket with dataplane.StraightTOS, so the
+// nodes route it straight to its destination, skipping the gateway routes.
+func straightTOS(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_TCLASS, dataplane.StraightTOS)
+			return
+		}
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS, dataplane.StraightTOS)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

@@ -236,8 +236,13 @@ func TestOutsourcingLab(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if !strings.Contains(check, "56 passed, 0 failed") {
+	if !strings.Contains(check, "112 passed, 0 failed") {
 		t.Errorf("lab check:\n%s", check)
+	}
+	// Rule G end to end: the consoles reach the customer zone only
+	// through both gateways (sent straight, the same flow is dropped).
+	if !strings.Contains(check, "pass via yellow/gateway, red/gateway") {
+		t.Errorf("lab check shows no flow through the gateways:\n%s", check)
 	}
 
 	// The same members through the admin CLI with the lab's credential.
@@ -388,8 +393,13 @@ func TestPayrollLab(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	if !strings.Contains(check, "132 passed, 0 failed") {
+	if !strings.Contains(check, "264 passed, 0 failed") {
 		t.Errorf("lab check:\n%s", check)
+	}
+	// Gateways on different nodes: payroll-engine reaches tMart's HR
+	// through paychecks-gw and tmart-gw, across two nodes.
+	if !strings.Contains(check, "pass via paychecks4tmart/gateway, tmart-backend/gateway") {
+		t.Errorf("lab check shows no flow through the gateways:\n%s", check)
 	}
 	mustTVD(t, nil, "lab", "down", "--dir", dir)
 	checkGone(t, dir)
@@ -453,12 +463,12 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("lab demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"56 passed, 0 failed", "violating", "unlisted executable /tmp/sysupdate", "quarantined", "frozen", "removed netns tvdlab-pc1"} {
+	for _, want := range []string{"112 passed, 0 failed", "violating", "unlisted executable /tmp/sysupdate", "quarantined", "frozen", "removed netns tvdlab-pc1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Count(out, "56 passed, 0 failed") != 2 {
+	if strings.Count(out, "112 passed, 0 failed") != 2 {
 		t.Errorf("want two clean checks (before and after):\n%s", out)
 	}
 }
