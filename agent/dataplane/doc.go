@@ -34,6 +34,20 @@
 //     ("inet tvd-node"), drops whatever an EE addresses to the node itself
 //     (G, the underlay, the node's services), IPv6 neighbour discovery
 //     aside. Its set of EE interfaces is updated incrementally too.
+//   - gateway routes (Plan.gateway_routes) carry via-gateway flows hop by
+//     hop: each source with routes (an EE's veth, or a domain's WireGuard
+//     interface) gets its own routing table (gwTableBase + its ifindex),
+//     selected by an "iif" rule at priority 1000, with a host route per
+//     destination to the next gateway EE's veth (via its address, onlink)
+//     or to the WireGuard interface towards the gateway's node. A lookup
+//     that finds nothing falls through to the main table. A rule at
+//     priority 999 sends packets marked StraightTOS to the main table (the
+//     lab's straight probe). Inside every gateway EE a route leads to, IP
+//     forwarding is switched on.
+//   - reach addresses (Peer.reach) become the peer's WireGuard allowed IPs
+//     without a route (channel.Peer.Unrouted), never one another peer
+//     already has, and flow/nft's reach maps judge a hop with them as one
+//     with the peer's gateway (flow.Reach).
 //
 // # Incremental updates
 //
@@ -54,14 +68,12 @@
 //
 // # What it does not do
 //
-//   - Cross-domain traffic between two nodes: a packet is routed by its
-//     destination, so it leaves on the destination domain's interface with
-//     a source address of another domain, and the receiving WireGuard
-//     peer drops it (its allowed IPs are the sender's members of that
-//     domain only). Such flows fail closed. Gateways on one node (the case
-//     study's layout) and every intra-domain flow work. Carrying them would
-//     need source-domain routing and allowed IPs that span the peer node's
-//     domains, from the controller.
+//   - Cross-domain traffic between two nodes rides on the interfaces the
+//     controller chooses (the carrier pair for straight flows, see
+//     docs/design/cross-domain-peering.md; gateway routes and reach for
+//     via-gateway flows); where the plan gives none, a packet leaves on
+//     its destination domain's interface and the receiving peer drops it
+//     (fail closed).
 //   - It does not resolve host names in peer endpoints (an endpoint must be
 //     "address:port"), does not choose the underlay address (Config.Underlay),
 //     and does not create EE namespaces (the EE driver does).

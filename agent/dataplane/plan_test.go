@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/channel"
 	"github.com/tvd-dev/tvd/flow"
 	"github.com/tvd-dev/tvd/policy"
 )
@@ -131,6 +132,75 @@ func TestReadPlanRejects(t *testing.T) {
 	}
 }
 
+// addGatewayParts gives samplePlan's node what the controller sends for
+// Rule G flows: red's client 10.78.0.4 is reached over yellow through the
+// peer's gateway, and the node passes flows from its yellow controller
+// and from the yellow interface to it through its yellow gateway.
+func addGatewayParts(p *tvdv1.Plan) {
+	y := p.Peers[1].Peers[0]
+	y.Reach = []*tvdv1.GatewayReach{
+		{Address: "10.78.0.4", Domain: "yellow", Role: "gateway"},
+		{Address: "10.78.0.2", Domain: "yellow", Role: "gateway"}, // a local member: allowed
+	}
+	p.GatewayRoutes = []*tvdv1.GatewayRoute{
+		{FromEe: "y-dc", ToAddress: "10.78.0.4", ViaEe: "y-gw"},
+		{FromDomain: "yellow", ToAddress: "10.78.0.4", ViaEe: "y-gw"},
+		{FromEe: "y-gw", ToAddress: "10.78.0.4", ViaDomain: "red"},
+	}
+}
+
+// TestReadPlanGateways: reach addresses become allowed IPs without routes
+// (never one another peer has), and the flow plan judges them as the
+// gateway; gateway routes are read, bad ones left out with a reason.
+func TestReadPlanGateways(t *testing.T) {
+	p, m := samplePlan(t)
+	addGatewayParts(p)
+	// Already the peer's own allowed IP: not added twice.
+	p.Peers[1].Peers[0].Reach = append(p.Peers[1].Peers[0].Reach, &tvdv1.GatewayReach{Address: "10.77.0.4", Domain: "yellow", Role: "gateway"})
+	p.GatewayRoutes = append(p.GatewayRoutes,
+		&tvdv1.GatewayRoute{FromEe: "nobody", ToAddress: "10.78.0.4", ViaEe: "y-gw"},
+		&tvdv1.GatewayRoute{FromEe: "y-dc", FromDomain: "yellow", ToAddress: "10.78.0.4", ViaEe: "y-gw"},
+		&tvdv1.GatewayRoute{FromEe: "y-dc", ToAddress: "somewhere", ViaEe: "y-gw"},
+		&tvdv1.GatewayRoute{FromEe: "y-dc", ToAddress: "10.78.0.4", ViaDomain: "blue"},
+	)
+	d, err := readPlan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := d.Domains["yellow"]
+	if y.Err != nil {
+		t.Fatal(y.Err)
+	}
+	peer := y.Peers[0]
+	wantAllowed := []netip.Prefix{netip.MustParsePrefix("10.77.0.4/32"), netip.MustParsePrefix("10.78.0.4/32"), netip.MustParsePrefix("10.78.0.2/32")}
+	if !slices.Equal(peer.AllowedIPs, wantAllowed) || !slices.Equal(peer.Unrouted, wantAllowed[1:]) {
+		t.Errorf("allowed %v unrouted %v", peer.AllowedIPs, peer.Unrouted)
+	}
+	if len(d.GatewayRoutes) != 3 || len(d.RouteErr) != 4 {
+		t.Fatalf("routes %+v errors %v", d.GatewayRoutes, d.RouteErr)
+	}
+	for i, want := range []string{"not a local member", "exactly one of from_ee", "unicast IP", "no channel"} {
+		if !strings.Contains(d.RouteErr[i].Error(), want) {
+			t.Errorf("route error %d: %v, want %q", i, d.RouteErr[i], want)
+		}
+	}
+	fp, warn := flowPlan(p, m, d, nil, []string{channel.InterfaceName("red"), channel.InterfaceName("yellow")})
+	if len(warn) != 0 {
+		t.Fatal(warn)
+	}
+	if err := fp.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	gw, _ := m.Class("yellow", "gateway")
+	want := []flow.Reach{
+		{Iface: channel.InterfaceName("yellow"), Addr: netip.MustParseAddr("10.78.0.4"), Class: gw},
+		{Iface: channel.InterfaceName("yellow"), Addr: netip.MustParseAddr("10.78.0.2"), Class: gw},
+	}
+	if !slices.Equal(fp.Reach, want) {
+		t.Errorf("reach %+v, want %+v", fp.Reach, want)
+	}
+}
+
 func TestFlowPlan(t *testing.T) {
 	p, m := samplePlan(t)
 	d, err := readPlan(p)
@@ -220,6 +290,10 @@ func FuzzReadPlan(f *testing.F) {
 	b, _ = proto.Marshal(p)
 	f.Add(b)
 	f.Add([]byte{})
+	p, _ = samplePlan(f)
+	addGatewayParts(p)
+	b, _ = proto.Marshal(p)
+	f.Add(b)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var p tvdv1.Plan
 		if err := proto.Unmarshal(data, &p); err != nil {
@@ -229,7 +303,12 @@ func FuzzReadPlan(f *testing.F) {
 		if err != nil {
 			return
 		}
-		fp, _ := flowPlan(&p, m, d, nil, nil)
+		var overlay []string
+		for name := range d.Domains {
+			overlay = append(overlay, channel.InterfaceName(name))
+		}
+		slices.Sort(overlay)
+		fp, _ := flowPlan(&p, m, d, nil, overlay)
 		if err := fp.Validate(); err != nil {
 			t.Fatalf("flow plan from an accepted plan is invalid: %v", err)
 		}

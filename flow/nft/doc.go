@@ -28,6 +28,10 @@
 //     local EE owns: one lookup both checks that the EE behind the
 //     interface owns the address and classifies it (the fast path for the
 //     common hop); gwifs: interfaces of local gateway EEs;
+//   - reach4/reach6: "overlay interface . address" -> class, for
+//     addresses that cross the overlay on a via-gateway flow (flow.Reach):
+//     a remote end found there is the gateway on the peer node, whatever
+//     the address's own class. It is looked up before cls4/cls6.
 //
 // Two reserved classes cost no extra rule either: a quarantined member
 // keeps its map entries but with the quarantine class, and every verdict
@@ -77,14 +81,15 @@
 //
 // It filters the forward hook only: traffic between an EE and the node
 // itself (input/output) is not judged. A remote end of a hop (through the
-// overlay) is known only by the packet's address, so when the two gateways
-// of a via-gateway flow sit on different nodes, a packet that keeps its
-// origin addresses across the overlay is judged as going straight from the
-// origin's gateway to the final destination and refused (fail closed).
-// Cross-node gateway hops must therefore be tunnelled between the gateway
-// EEs (the outer packet is then a gateway-to-gateway hop, and the inner one
-// leaves the far gateway as a forwarded packet judged above); that setup
-// is not exercised by this package's tests. It trusts the plan's addresses
+// overlay) is known only by the packet's address and, for the reach maps,
+// the interface: a packet that keeps its origin address across the
+// overlay on a via-gateway flow is judged as a hop with the peer's gateway
+// only when the plan lists it in Reach; otherwise it is judged as going
+// straight from its origin (and a via-gateway flow is refused, fail
+// closed). Reach entries are trusted as given: the plan's author (the
+// controller) must list an address on an interface only where the peer's
+// WireGuard allowed IPs accept it from that peer alone, the peer's gateway
+// node having judged the gateway hop and the origin's right to cross. It trusts the plan's addresses
 // and interfaces. It does not notice changes made to its table by someone
 // else until a transaction fails, after which the next Apply rebuilds the
 // table. Conntrack is on in the node's namespace once the table exists (the

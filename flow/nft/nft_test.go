@@ -525,3 +525,69 @@ func TestRemoteMembers(t *testing.T) {
 		return d(a, b)
 	}))
 }
+
+// TestReach: an address reached over an overlay interface through the
+// peer's gateway is judged as that gateway, in both directions and for
+// both families, and only on that interface; removing the entry restores
+// the plain verdict without rebuilding the chains.
+func TestReach(t *testing.T) {
+	t.Parallel()
+	l := table3Lab(t)
+	m := table3(t, false)
+	plan := l.planFor(m, table3EEs)
+	remote := map[string]bool{"r-dc": true, "r-gw": true, "r-os": true}
+	plan.EEInterfaces = slices.DeleteFunc(plan.EEInterfaces, func(n string) bool { return remote[n] })
+	for n := range remote {
+		plan.OverlayInterfaces = append(plan.OverlayInterfaces, n)
+	}
+	for i := range plan.Members {
+		if remote[plan.Members[i].EE] {
+			plan.Members[i].Iface = ""
+		}
+	}
+	p := l.programmer()
+	if err := p.Apply(plan); err != nil {
+		t.Fatal(err)
+	}
+	d := decide(t, m)
+	plain := l.pairs(table3EEs, d)
+	l.run(plain)
+
+	// r-os stands behind red's gateway as far as its overlay interface is
+	// concerned: yellow's gateway may reach it (point-to-point to red's
+	// gateway), and it may reach yellow's gateway (red's gateway row).
+	rgw, _ := m.Class("red", "gateway")
+	var ros member
+	for _, e := range table3EEs {
+		if e.name == "r-os" {
+			ros = e
+		}
+	}
+	with := *plan
+	with.Reach = []flow.Reach{
+		{Iface: "r-os", Addr: netip.MustParseAddr(ros.a4), Class: rgw},
+		{Iface: "r-os", Addr: netip.MustParseAddr(ros.a6), Class: rgw},
+		// An entry on another interface changes nothing for r-os.
+		{Iface: "r-dc", Addr: netip.MustParseAddr("10.71.1.12"), Class: rgw},
+	}
+	if err := p.Apply(&with); err != nil {
+		t.Fatal(err)
+	}
+	asGW := member{name: "r-os", domain: "red", role: "gateway"}
+	l.run(l.pairs(table3EEs, func(a, b member) bool {
+		switch {
+		case a.name == "r-os":
+			return d(asGW, b)
+		case b.name == "r-os":
+			return d(a, asGW)
+		}
+		return d(a, b)
+	}))
+	if !d(member{name: "y-gw", domain: "yellow", role: "gateway"}, asGW) || d(member{name: "y-gw", domain: "yellow", role: "gateway"}, ros) {
+		t.Fatal("the test needs y-gw -> r-os to change with the reach entry")
+	}
+	if err := p.Apply(plan); err != nil {
+		t.Fatal(err)
+	}
+	l.run(plain)
+}
