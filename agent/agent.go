@@ -121,6 +121,7 @@ type Agent struct {
 	plan        *tvdv1.Plan // the plan in force
 	nonce       []byte
 	pendingAcks []*tvdv1.PlanAck
+	domains     []*tvdv1.DomainAck // the data plane per domain after the last plan
 	lastContact time.Time
 	lost        bool
 	kick        chan struct{}
@@ -428,6 +429,7 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 			ack.Domains = append(ack.Domains, &tvdv1.DomainAck{Domain: d.GetDomain(), Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: p.GetFlow().GetMatrixId(), Error: "this node runs no data plane"})
 		}
 	}
+	a.domains = ack.Domains
 	for _, in := range p.GetInstructions() {
 		if a.done[in.GetId()] {
 			continue
@@ -690,6 +692,9 @@ type Status struct {
 	Members        []string // domain/role/ee
 	ControllerLost bool
 	LastContact    time.Time
+	// Domains is the data plane per domain (channel and flow rules) as
+	// the last plan left it.
+	Domains []*tvdv1.DomainAck
 }
 
 // Status returns the agent's current state.
@@ -697,6 +702,9 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := Status{Node: a.name, PlanVersion: a.plan.GetVersion(), PolicyVersion: a.plan.GetPolicyVersion(), ControllerLost: a.lost, LastContact: a.lastContact}
+	for _, d := range a.domains {
+		s.Domains = append(s.Domains, proto.Clone(d).(*tvdv1.DomainAck))
+	}
 	for _, m := range a.plan.GetMembers() {
 		s.Members = append(s.Members, memberString(m.GetMember()))
 	}

@@ -162,15 +162,57 @@ func newNodesCmd(c *conn) *cobra.Command {
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tTRUST\tSTATUS\tLAST VERIFIED\tLAST REPORT\tPLAN ACKED\tEES")
+			fmt.Fprintln(tw, "NODE\tTRUST\tSTATUS\tLAST VERIFIED\tLAST REPORT\tPLAN\tEES")
 			for _, n := range resp.Msg.GetNodes() {
 				a, _ := api.AssuranceFromProto(n.GetAssurance())
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n", n.GetName(), a, statusWord(n.GetStatus()), ago(n.GetLastVerifiedAt(), now),
-					ago(n.GetLastReportAt(), now), n.GetPlanVersionApplied(), strings.Join(n.GetEes(), ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetName(), a, statusWord(n.GetStatus()), ago(n.GetLastVerifiedAt(), now),
+					ago(n.GetLastReportAt(), now), planWord(n), strings.Join(n.GetEes(), ","))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// The data plane per domain: channel, flow rules, and whether
+			// they are what the current plan asks for.
+			tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(w)
+			fmt.Fprintln(tw, "NODE\tDOMAIN\tCHANNEL\tFLOW RULES\tMATCHES PLAN\tERROR")
+			for _, n := range resp.Msg.GetNodes() {
+				for _, d := range n.GetDomains() {
+					m := "yes"
+					if !d.GetMatchesPlan() {
+						m = "NO"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.GetName(), d.GetDomain(), d.GetChannel(), shortID(d.GetFlowMatrixId()), m, d.GetError())
+				}
 			}
 			return tw.Flush()
 		},
 	}
+}
+
+// planWord says whether a node runs the latest plan made for it.
+func planWord(n *tvdv1.Node) string {
+	cur, got := n.GetPlanVersionCurrent(), n.GetPlanVersionApplied()
+	switch {
+	case cur == 0:
+		return "none yet"
+	case got == cur:
+		return fmt.Sprintf("current (v%d)", uint32(cur))
+	case got == 0:
+		return fmt.Sprintf("not acknowledged (v%d made)", uint32(cur))
+	}
+	return fmt.Sprintf("behind (v%d of v%d)", uint32(got), uint32(cur))
+}
+
+// shortID abbreviates a "sha256:…" matrix id for tables.
+func shortID(id string) string {
+	if len(id) > 19 {
+		return id[:19] + "…"
+	}
+	if id == "" {
+		return "-"
+	}
+	return id
 }
 
 func newMembersCmd(c *conn) *cobra.Command {

@@ -142,9 +142,37 @@ func (a *adminService) ListNodes(ctx context.Context, _ *connect.Request[tvdv1.L
 		if !lastVerified.IsZero() {
 			pn.LastVerifiedAt = timestamppb.New(lastVerified)
 		}
+		pn.PlanVersionCurrent = c.s.planVer[name]
+		pn.Domains = c.nodeDomains(id.Role, n)
 		resp.Nodes = append(resp.Nodes, pn)
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// nodeDomains is node n's data-plane state per domain the role may read,
+// against the current plan and policy. It must be called with c.mu held.
+func (c *Controller) nodeDomains(role ca.Role, n *nodeRec) []*tvdv1.NodeDomain {
+	var matrixID string
+	if c.s.policy != nil {
+		_, matrixID = c.flowMatrix(c.s.policy)
+	}
+	current := n.AckedVersion != 0 && n.AckedVersion == c.s.planVer[n.Name]
+	names := make([]string, 0, len(n.Domains))
+	for d := range n.Domains {
+		names = append(names, d)
+	}
+	sort.Strings(names)
+	var out []*tvdv1.NodeDomain
+	for _, d := range names {
+		if !role.CanRead(d) {
+			continue
+		}
+		ds := n.Domains[d]
+		ch := strings.ToLower(strings.TrimPrefix(ds.Channel, "CHANNEL_STATE_"))
+		out = append(out, &tvdv1.NodeDomain{Domain: d, Channel: ch, FlowMatrixId: ds.Matrix, Error: ds.Error,
+			MatchesPlan: current && ch == "up" && ds.Error == "" && ds.Matrix == matrixID})
+	}
+	return out
 }
 
 func (a *adminService) ListMembers(ctx context.Context, req *connect.Request[tvdv1.ListMembersRequest]) (*connect.Response[tvdv1.ListMembersResponse], error) {

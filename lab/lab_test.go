@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -263,6 +265,35 @@ func TestOutsourcingLab(t *testing.T) {
 	if len(members.Members) != len(snap.EEs) {
 		t.Errorf("tvd members lists %d, the lab %d", len(members.Members), len(snap.EEs))
 	}
+	// Every node runs the current plan, with its channel up and the
+	// current matrix in force, in both domains.
+	var nodes struct {
+		Nodes []struct {
+			Name    string
+			Domains []struct {
+				Domain, Channel, FlowMatrixId string
+				MatchesPlan                   bool
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(mustTVD(t, []string{"TVD_CREDS=" + st.Creds}, "nodes", "-o", "json")), &nodes); err != nil {
+		t.Fatal(err)
+	}
+	rows := 0
+	for _, n := range nodes.Nodes {
+		for _, d := range n.Domains {
+			rows++
+			if !d.MatchesPlan || d.Channel != "up" || !strings.HasPrefix(d.FlowMatrixId, "sha256:") {
+				t.Errorf("node %s, domain %s: %+v", n.Name, d.Domain, d)
+			}
+		}
+	}
+	if rows != 6 {
+		t.Errorf("tvd nodes: %d node×domain rows, want 6 (3 nodes × yellow, red): %+v", rows, nodes)
+	}
+	if out := mustTVD(t, []string{"TVD_CREDS=" + st.Creds}, "nodes"); !strings.Contains(out, "MATCHES PLAN") || !strings.Contains(out, "current (v") {
+		t.Errorf("tvd nodes:\n%s", out)
+	}
 
 	// exec in a node runs in its namespace, on the underlay.
 	addrs := mustTVD(t, nil, "lab", "exec", "--dir", dir, "pc1", "--", "ip", "-br", "addr", "show", "eth0")
@@ -471,4 +502,54 @@ func TestDemo(t *testing.T) {
 	if strings.Count(out, "112 passed, 0 failed") != 2 {
 		t.Errorf("want two clean checks (before and after):\n%s", out)
 	}
+	// The compliance report after the violation, against its golden copy
+	// (times, digests and log positions masked).
+	const head = "== tvd report red   (after the violation)\n"
+	i := strings.Index(out, head)
+	if i < 0 {
+		t.Fatalf("demo output has no report after the violation:\n%s", out)
+	}
+	rep := out[i+len(head):]
+	if j := strings.Index(rep, "\n== "); j >= 0 {
+		rep = rep[:j+1]
+	}
+	golden(t, "testdata/demo-report-red-after-violation.golden", maskReport(rep))
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files of the tests")
+
+// golden compares got with the golden file (or rewrites it with -update).
+func golden(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run the test with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (run with -update to accept); got:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+var (
+	reTime     = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`)
+	reDigest   = regexp.MustCompile(`sha256:[0-9a-f]{12,64}`)
+	reLogEntry = regexp.MustCompile(`log entry \d+`)
+)
+
+// maskReport replaces what differs from run to run in a compliance report:
+// times, digests (the intruder's program is built afresh) and positions in
+// the measurement log. Column widths stay as the report printed them.
+func maskReport(s string) string {
+	s = reTime.ReplaceAllStringFunc(s, func(m string) string { return strings.Repeat("T", len(m)) })
+	s = reDigest.ReplaceAllString(s, "sha256:DIGEST")
+	return reLogEntry.ReplaceAllString(s, "log entry N")
 }

@@ -393,7 +393,12 @@ type Node struct {
 	// The latest plan version the node acknowledged.
 	PlanVersionApplied uint64 `protobuf:"varint,8,opt,name=plan_version_applied,json=planVersionApplied,proto3" json:"plan_version_applied,omitempty"`
 	// The agent's software version.
-	AgentVersion  string `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentVersion string `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The latest plan version the controller made for the node.
+	PlanVersionCurrent uint64 `protobuf:"varint,60,opt,name=plan_version_current,json=planVersionCurrent,proto3" json:"plan_version_current,omitempty"`
+	// The node's channel and flow state per domain, as it last acknowledged
+	// a plan.
+	Domains       []*NodeDomain `protobuf:"bytes,61,rep,name=domains,proto3" json:"domains,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -491,6 +496,104 @@ func (x *Node) GetAgentVersion() string {
 	return ""
 }
 
+func (x *Node) GetPlanVersionCurrent() uint64 {
+	if x != nil {
+		return x.PlanVersionCurrent
+	}
+	return 0
+}
+
+func (x *Node) GetDomains() []*NodeDomain {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+// NodeDomain is a node's data plane in one domain.
+type NodeDomain struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain.
+	Domain string `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	// The overlay interface: "up", "down" or "failed".
+	Channel string `protobuf:"bytes,2,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The matrix_id of the flow rules in force.
+	FlowMatrixId string `protobuf:"bytes,3,opt,name=flow_matrix_id,json=flowMatrixId,proto3" json:"flow_matrix_id,omitempty"`
+	// What went wrong applying the domain's part of the plan, if anything.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// Whether the node runs the current plan here: it acknowledged the
+	// latest plan, its channel is up and its flow rules are the current
+	// policy's matrix.
+	MatchesPlan   bool `protobuf:"varint,5,opt,name=matches_plan,json=matchesPlan,proto3" json:"matches_plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeDomain) Reset() {
+	*x = NodeDomain{}
+	mi := &file_tvd_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeDomain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeDomain) ProtoMessage() {}
+
+func (x *NodeDomain) ProtoReflect() protoreflect.Message {
+	mi := &file_tvd_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeDomain.ProtoReflect.Descriptor instead.
+func (*NodeDomain) Descriptor() ([]byte, []int) {
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NodeDomain) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *NodeDomain) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *NodeDomain) GetFlowMatrixId() string {
+	if x != nil {
+		return x.FlowMatrixId
+	}
+	return ""
+}
+
+func (x *NodeDomain) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *NodeDomain) GetMatchesPlan() bool {
+	if x != nil {
+		return x.MatchesPlan
+	}
+	return false
+}
+
 // ListNodesResponse lists nodes, sorted by name.
 type ListNodesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -502,7 +605,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[5]
+	mi := &file_tvd_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +617,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[5]
+	mi := &file_tvd_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +630,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -548,7 +651,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[6]
+	mi := &file_tvd_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +663,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[6]
+	mi := &file_tvd_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +676,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListMembersRequest) GetDomain() string {
@@ -608,7 +711,7 @@ type MemberInfo struct {
 
 func (x *MemberInfo) Reset() {
 	*x = MemberInfo{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[7]
+	mi := &file_tvd_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +723,7 @@ func (x *MemberInfo) String() string {
 func (*MemberInfo) ProtoMessage() {}
 
 func (x *MemberInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[7]
+	mi := &file_tvd_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +736,7 @@ func (x *MemberInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberInfo.ProtoReflect.Descriptor instead.
 func (*MemberInfo) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MemberInfo) GetMember() *Member {
@@ -703,7 +806,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[8]
+	mi := &file_tvd_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +818,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[8]
+	mi := &file_tvd_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +831,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListMembersResponse) GetMembers() []*MemberInfo {
@@ -754,7 +857,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[9]
+	mi := &file_tvd_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +869,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[9]
+	mi := &file_tvd_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +882,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJoinTokenRequest) GetNodeName() string {
@@ -817,7 +920,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[10]
+	mi := &file_tvd_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -829,7 +932,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[10]
+	mi := &file_tvd_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -842,7 +945,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -878,7 +981,7 @@ type IssueAdminCertRequest struct {
 
 func (x *IssueAdminCertRequest) Reset() {
 	*x = IssueAdminCertRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[11]
+	mi := &file_tvd_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +993,7 @@ func (x *IssueAdminCertRequest) String() string {
 func (*IssueAdminCertRequest) ProtoMessage() {}
 
 func (x *IssueAdminCertRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[11]
+	mi := &file_tvd_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1006,7 @@ func (x *IssueAdminCertRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertRequest.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IssueAdminCertRequest) GetName() string {
@@ -949,7 +1052,7 @@ type IssueAdminCertResponse struct {
 
 func (x *IssueAdminCertResponse) Reset() {
 	*x = IssueAdminCertResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[12]
+	mi := &file_tvd_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1064,7 @@ func (x *IssueAdminCertResponse) String() string {
 func (*IssueAdminCertResponse) ProtoMessage() {}
 
 func (x *IssueAdminCertResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[12]
+	mi := &file_tvd_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1077,7 @@ func (x *IssueAdminCertResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueAdminCertResponse.ProtoReflect.Descriptor instead.
 func (*IssueAdminCertResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *IssueAdminCertResponse) GetCert() []byte {
@@ -1011,7 +1114,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[13]
+	mi := &file_tvd_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1126,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[13]
+	mi := &file_tvd_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1139,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -1070,7 +1173,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[14]
+	mi := &file_tvd_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1185,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[14]
+	mi := &file_tvd_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1198,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ApplyPolicyRequest) GetFiles() []*PolicyFile {
@@ -1136,7 +1239,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[15]
+	mi := &file_tvd_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1251,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[15]
+	mi := &file_tvd_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1264,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ApplyPolicyResponse) GetVersion() uint64 {
@@ -1203,7 +1306,7 @@ type PolicyHistoryRequest struct {
 
 func (x *PolicyHistoryRequest) Reset() {
 	*x = PolicyHistoryRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[16]
+	mi := &file_tvd_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1318,7 @@ func (x *PolicyHistoryRequest) String() string {
 func (*PolicyHistoryRequest) ProtoMessage() {}
 
 func (x *PolicyHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[16]
+	mi := &file_tvd_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1331,7 @@ func (x *PolicyHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyHistoryRequest.ProtoReflect.Descriptor instead.
 func (*PolicyHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PolicyHistoryRequest) GetLimit() uint32 {
@@ -1259,7 +1362,7 @@ type PolicyVersion struct {
 
 func (x *PolicyVersion) Reset() {
 	*x = PolicyVersion{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[17]
+	mi := &file_tvd_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1374,7 @@ func (x *PolicyVersion) String() string {
 func (*PolicyVersion) ProtoMessage() {}
 
 func (x *PolicyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[17]
+	mi := &file_tvd_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1387,7 @@ func (x *PolicyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyVersion.ProtoReflect.Descriptor instead.
 func (*PolicyVersion) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PolicyVersion) GetVersion() uint64 {
@@ -1340,7 +1443,7 @@ type PolicyHistoryResponse struct {
 
 func (x *PolicyHistoryResponse) Reset() {
 	*x = PolicyHistoryResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[18]
+	mi := &file_tvd_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1455,7 @@ func (x *PolicyHistoryResponse) String() string {
 func (*PolicyHistoryResponse) ProtoMessage() {}
 
 func (x *PolicyHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[18]
+	mi := &file_tvd_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1468,7 @@ func (x *PolicyHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyHistoryResponse.ProtoReflect.Descriptor instead.
 func (*PolicyHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PolicyHistoryResponse) GetVersions() []*PolicyVersion {
@@ -1393,7 +1496,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[19]
+	mi := &file_tvd_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1508,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[19]
+	mi := &file_tvd_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1521,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevokeRequest) GetTarget() isRevokeRequest_Target {
@@ -1486,7 +1589,7 @@ type RevokeResponse struct {
 
 func (x *RevokeResponse) Reset() {
 	*x = RevokeResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[20]
+	mi := &file_tvd_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1601,7 @@ func (x *RevokeResponse) String() string {
 func (*RevokeResponse) ProtoMessage() {}
 
 func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[20]
+	mi := &file_tvd_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1614,7 @@ func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
 func (*RevokeResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeResponse) GetRevokedAt() *timestamppb.Timestamp {
@@ -1556,7 +1659,7 @@ type AuditEntry struct {
 
 func (x *AuditEntry) Reset() {
 	*x = AuditEntry{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[21]
+	mi := &file_tvd_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1671,7 @@ func (x *AuditEntry) String() string {
 func (*AuditEntry) ProtoMessage() {}
 
 func (x *AuditEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[21]
+	mi := &file_tvd_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1684,7 @@ func (x *AuditEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEntry.ProtoReflect.Descriptor instead.
 func (*AuditEntry) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AuditEntry) GetIndex() uint64 {
@@ -1641,7 +1744,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[22]
+	mi := &file_tvd_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1756,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[22]
+	mi := &file_tvd_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1769,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Checkpoint) GetSize() uint64 {
@@ -1705,7 +1808,7 @@ type AuditTailRequest struct {
 
 func (x *AuditTailRequest) Reset() {
 	*x = AuditTailRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[23]
+	mi := &file_tvd_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1820,7 @@ func (x *AuditTailRequest) String() string {
 func (*AuditTailRequest) ProtoMessage() {}
 
 func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[23]
+	mi := &file_tvd_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1833,7 @@ func (x *AuditTailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailRequest.ProtoReflect.Descriptor instead.
 func (*AuditTailRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AuditTailRequest) GetDomain() string {
@@ -1767,7 +1870,7 @@ type AuditTailResponse struct {
 
 func (x *AuditTailResponse) Reset() {
 	*x = AuditTailResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[24]
+	mi := &file_tvd_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1779,7 +1882,7 @@ func (x *AuditTailResponse) String() string {
 func (*AuditTailResponse) ProtoMessage() {}
 
 func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[24]
+	mi := &file_tvd_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1792,7 +1895,7 @@ func (x *AuditTailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditTailResponse.ProtoReflect.Descriptor instead.
 func (*AuditTailResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AuditTailResponse) GetEntries() []*AuditEntry {
@@ -1825,7 +1928,7 @@ type AuditProofRequest struct {
 
 func (x *AuditProofRequest) Reset() {
 	*x = AuditProofRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[25]
+	mi := &file_tvd_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1940,7 @@ func (x *AuditProofRequest) String() string {
 func (*AuditProofRequest) ProtoMessage() {}
 
 func (x *AuditProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[25]
+	mi := &file_tvd_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1953,7 @@ func (x *AuditProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProofRequest.ProtoReflect.Descriptor instead.
 func (*AuditProofRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AuditProofRequest) GetIndex() uint64 {
@@ -1893,7 +1996,7 @@ type AuditProofResponse struct {
 
 func (x *AuditProofResponse) Reset() {
 	*x = AuditProofResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[26]
+	mi := &file_tvd_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2008,7 @@ func (x *AuditProofResponse) String() string {
 func (*AuditProofResponse) ProtoMessage() {}
 
 func (x *AuditProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[26]
+	mi := &file_tvd_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2021,7 @@ func (x *AuditProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditProofResponse.ProtoReflect.Descriptor instead.
 func (*AuditProofResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuditProofResponse) GetEntry() *AuditEntry {
@@ -1969,7 +2072,7 @@ type ComplianceReportRequest struct {
 
 func (x *ComplianceReportRequest) Reset() {
 	*x = ComplianceReportRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[27]
+	mi := &file_tvd_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2084,7 @@ func (x *ComplianceReportRequest) String() string {
 func (*ComplianceReportRequest) ProtoMessage() {}
 
 func (x *ComplianceReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[27]
+	mi := &file_tvd_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2097,7 @@ func (x *ComplianceReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComplianceReportRequest.ProtoReflect.Descriptor instead.
 func (*ComplianceReportRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ComplianceReportRequest) GetDomain() string {
@@ -2035,7 +2138,7 @@ type ComplianceReportResponse struct {
 
 func (x *ComplianceReportResponse) Reset() {
 	*x = ComplianceReportResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[28]
+	mi := &file_tvd_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2150,7 @@ func (x *ComplianceReportResponse) String() string {
 func (*ComplianceReportResponse) ProtoMessage() {}
 
 func (x *ComplianceReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[28]
+	mi := &file_tvd_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2163,7 @@ func (x *ComplianceReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComplianceReportResponse.ProtoReflect.Descriptor instead.
 func (*ComplianceReportResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ComplianceReportResponse) GetFormat() ReportFormat {
@@ -2124,7 +2227,7 @@ type CreateLoginTokenRequest struct {
 
 func (x *CreateLoginTokenRequest) Reset() {
 	*x = CreateLoginTokenRequest{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[29]
+	mi := &file_tvd_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2239,7 @@ func (x *CreateLoginTokenRequest) String() string {
 func (*CreateLoginTokenRequest) ProtoMessage() {}
 
 func (x *CreateLoginTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[29]
+	mi := &file_tvd_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2252,7 @@ func (x *CreateLoginTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateLoginTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateLoginTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateLoginTokenRequest) GetTtl() *durationpb.Duration {
@@ -2174,7 +2277,7 @@ type CreateLoginTokenResponse struct {
 
 func (x *CreateLoginTokenResponse) Reset() {
 	*x = CreateLoginTokenResponse{}
-	mi := &file_tvd_v1_admin_proto_msgTypes[30]
+	mi := &file_tvd_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2289,7 @@ func (x *CreateLoginTokenResponse) String() string {
 func (*CreateLoginTokenResponse) ProtoMessage() {}
 
 func (x *CreateLoginTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tvd_v1_admin_proto_msgTypes[30]
+	mi := &file_tvd_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2302,7 @@ func (x *CreateLoginTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateLoginTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateLoginTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_tvd_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CreateLoginTokenResponse) GetToken() string {
@@ -2249,7 +2352,7 @@ const file_tvd_v1_admin_proto_rawDesc = "" +
 	"\x06caller\x18\b \x01(\tR\x06caller\x12\x1f\n" +
 	"\vcaller_role\x18\t \x01(\tR\n" +
 	"callerRole\"\x12\n" +
-	"\x10ListNodesRequest\"\xa1\x03\n" +
+	"\x10ListNodesRequest\"\x81\x04\n" +
 	"\x04Node\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
 	"\tassurance\x18\x02 \x01(\x0e2\x11.tvd.v1.AssuranceR\tassurance\x12;\n" +
@@ -2260,7 +2363,16 @@ const file_tvd_v1_admin_proto_rawDesc = "" +
 	"\x06status\x18\x06 \x01(\x0e2\x0e.tvd.v1.StatusR\x06status\x12\x10\n" +
 	"\x03ees\x18\a \x03(\tR\x03ees\x120\n" +
 	"\x14plan_version_applied\x18\b \x01(\x04R\x12planVersionApplied\x12#\n" +
-	"\ragent_version\x18\t \x01(\tR\fagentVersion\"7\n" +
+	"\ragent_version\x18\t \x01(\tR\fagentVersion\x120\n" +
+	"\x14plan_version_current\x18< \x01(\x04R\x12planVersionCurrent\x12,\n" +
+	"\adomains\x18= \x03(\v2\x12.tvd.v1.NodeDomainR\adomains\"\x9d\x01\n" +
+	"\n" +
+	"NodeDomain\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x18\n" +
+	"\achannel\x18\x02 \x01(\tR\achannel\x12$\n" +
+	"\x0eflow_matrix_id\x18\x03 \x01(\tR\fflowMatrixId\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12!\n" +
+	"\fmatches_plan\x18\x05 \x01(\bR\vmatchesPlan\"7\n" +
 	"\x11ListNodesResponse\x12\"\n" +
 	"\x05nodes\x18\x01 \x03(\v2\f.tvd.v1.NodeR\x05nodes\",\n" +
 	"\x12ListMembersRequest\x12\x16\n" +
@@ -2415,7 +2527,7 @@ func file_tvd_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tvd_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tvd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_tvd_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_tvd_v1_admin_proto_goTypes = []any{
 	(ReportFormat)(0),                // 0: tvd.v1.ReportFormat
 	(*StatusRequest)(nil),            // 1: tvd.v1.StatusRequest
@@ -2423,100 +2535,102 @@ var file_tvd_v1_admin_proto_goTypes = []any{
 	(*StatusResponse)(nil),           // 3: tvd.v1.StatusResponse
 	(*ListNodesRequest)(nil),         // 4: tvd.v1.ListNodesRequest
 	(*Node)(nil),                     // 5: tvd.v1.Node
-	(*ListNodesResponse)(nil),        // 6: tvd.v1.ListNodesResponse
-	(*ListMembersRequest)(nil),       // 7: tvd.v1.ListMembersRequest
-	(*MemberInfo)(nil),               // 8: tvd.v1.MemberInfo
-	(*ListMembersResponse)(nil),      // 9: tvd.v1.ListMembersResponse
-	(*CreateJoinTokenRequest)(nil),   // 10: tvd.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 11: tvd.v1.CreateJoinTokenResponse
-	(*IssueAdminCertRequest)(nil),    // 12: tvd.v1.IssueAdminCertRequest
-	(*IssueAdminCertResponse)(nil),   // 13: tvd.v1.IssueAdminCertResponse
-	(*PolicyFile)(nil),               // 14: tvd.v1.PolicyFile
-	(*ApplyPolicyRequest)(nil),       // 15: tvd.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),      // 16: tvd.v1.ApplyPolicyResponse
-	(*PolicyHistoryRequest)(nil),     // 17: tvd.v1.PolicyHistoryRequest
-	(*PolicyVersion)(nil),            // 18: tvd.v1.PolicyVersion
-	(*PolicyHistoryResponse)(nil),    // 19: tvd.v1.PolicyHistoryResponse
-	(*RevokeRequest)(nil),            // 20: tvd.v1.RevokeRequest
-	(*RevokeResponse)(nil),           // 21: tvd.v1.RevokeResponse
-	(*AuditEntry)(nil),               // 22: tvd.v1.AuditEntry
-	(*Checkpoint)(nil),               // 23: tvd.v1.Checkpoint
-	(*AuditTailRequest)(nil),         // 24: tvd.v1.AuditTailRequest
-	(*AuditTailResponse)(nil),        // 25: tvd.v1.AuditTailResponse
-	(*AuditProofRequest)(nil),        // 26: tvd.v1.AuditProofRequest
-	(*AuditProofResponse)(nil),       // 27: tvd.v1.AuditProofResponse
-	(*ComplianceReportRequest)(nil),  // 28: tvd.v1.ComplianceReportRequest
-	(*ComplianceReportResponse)(nil), // 29: tvd.v1.ComplianceReportResponse
-	(*CreateLoginTokenRequest)(nil),  // 30: tvd.v1.CreateLoginTokenRequest
-	(*CreateLoginTokenResponse)(nil), // 31: tvd.v1.CreateLoginTokenResponse
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(Assurance)(0),                   // 33: tvd.v1.Assurance
-	(Status)(0),                      // 34: tvd.v1.Status
-	(*Member)(nil),                   // 35: tvd.v1.Member
-	(*Verdict)(nil),                  // 36: tvd.v1.Verdict
-	(*durationpb.Duration)(nil),      // 37: google.protobuf.Duration
+	(*NodeDomain)(nil),               // 6: tvd.v1.NodeDomain
+	(*ListNodesResponse)(nil),        // 7: tvd.v1.ListNodesResponse
+	(*ListMembersRequest)(nil),       // 8: tvd.v1.ListMembersRequest
+	(*MemberInfo)(nil),               // 9: tvd.v1.MemberInfo
+	(*ListMembersResponse)(nil),      // 10: tvd.v1.ListMembersResponse
+	(*CreateJoinTokenRequest)(nil),   // 11: tvd.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 12: tvd.v1.CreateJoinTokenResponse
+	(*IssueAdminCertRequest)(nil),    // 13: tvd.v1.IssueAdminCertRequest
+	(*IssueAdminCertResponse)(nil),   // 14: tvd.v1.IssueAdminCertResponse
+	(*PolicyFile)(nil),               // 15: tvd.v1.PolicyFile
+	(*ApplyPolicyRequest)(nil),       // 16: tvd.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),      // 17: tvd.v1.ApplyPolicyResponse
+	(*PolicyHistoryRequest)(nil),     // 18: tvd.v1.PolicyHistoryRequest
+	(*PolicyVersion)(nil),            // 19: tvd.v1.PolicyVersion
+	(*PolicyHistoryResponse)(nil),    // 20: tvd.v1.PolicyHistoryResponse
+	(*RevokeRequest)(nil),            // 21: tvd.v1.RevokeRequest
+	(*RevokeResponse)(nil),           // 22: tvd.v1.RevokeResponse
+	(*AuditEntry)(nil),               // 23: tvd.v1.AuditEntry
+	(*Checkpoint)(nil),               // 24: tvd.v1.Checkpoint
+	(*AuditTailRequest)(nil),         // 25: tvd.v1.AuditTailRequest
+	(*AuditTailResponse)(nil),        // 26: tvd.v1.AuditTailResponse
+	(*AuditProofRequest)(nil),        // 27: tvd.v1.AuditProofRequest
+	(*AuditProofResponse)(nil),       // 28: tvd.v1.AuditProofResponse
+	(*ComplianceReportRequest)(nil),  // 29: tvd.v1.ComplianceReportRequest
+	(*ComplianceReportResponse)(nil), // 30: tvd.v1.ComplianceReportResponse
+	(*CreateLoginTokenRequest)(nil),  // 31: tvd.v1.CreateLoginTokenRequest
+	(*CreateLoginTokenResponse)(nil), // 32: tvd.v1.CreateLoginTokenResponse
+	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
+	(Assurance)(0),                   // 34: tvd.v1.Assurance
+	(Status)(0),                      // 35: tvd.v1.Status
+	(*Member)(nil),                   // 36: tvd.v1.Member
+	(*Verdict)(nil),                  // 37: tvd.v1.Verdict
+	(*durationpb.Duration)(nil),      // 38: google.protobuf.Duration
 }
 var file_tvd_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: tvd.v1.StatusResponse.domains:type_name -> tvd.v1.DomainStatus
-	32, // 1: tvd.v1.StatusResponse.now:type_name -> google.protobuf.Timestamp
-	33, // 2: tvd.v1.Node.assurance:type_name -> tvd.v1.Assurance
-	32, // 3: tvd.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
-	32, // 4: tvd.v1.Node.last_report_at:type_name -> google.protobuf.Timestamp
-	32, // 5: tvd.v1.Node.last_verified_at:type_name -> google.protobuf.Timestamp
-	34, // 6: tvd.v1.Node.status:type_name -> tvd.v1.Status
-	5,  // 7: tvd.v1.ListNodesResponse.nodes:type_name -> tvd.v1.Node
-	35, // 8: tvd.v1.MemberInfo.member:type_name -> tvd.v1.Member
-	36, // 9: tvd.v1.MemberInfo.verdict:type_name -> tvd.v1.Verdict
-	32, // 10: tvd.v1.MemberInfo.cert_expires:type_name -> google.protobuf.Timestamp
-	8,  // 11: tvd.v1.ListMembersResponse.members:type_name -> tvd.v1.MemberInfo
-	37, // 12: tvd.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	32, // 13: tvd.v1.CreateJoinTokenResponse.expires:type_name -> google.protobuf.Timestamp
-	37, // 14: tvd.v1.IssueAdminCertRequest.ttl:type_name -> google.protobuf.Duration
-	32, // 15: tvd.v1.IssueAdminCertResponse.expires:type_name -> google.protobuf.Timestamp
-	14, // 16: tvd.v1.ApplyPolicyRequest.files:type_name -> tvd.v1.PolicyFile
-	32, // 17: tvd.v1.PolicyVersion.applied_at:type_name -> google.protobuf.Timestamp
-	18, // 18: tvd.v1.PolicyHistoryResponse.versions:type_name -> tvd.v1.PolicyVersion
-	35, // 19: tvd.v1.RevokeRequest.member:type_name -> tvd.v1.Member
-	32, // 20: tvd.v1.RevokeResponse.revoked_at:type_name -> google.protobuf.Timestamp
-	35, // 21: tvd.v1.RevokeResponse.members:type_name -> tvd.v1.Member
-	32, // 22: tvd.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
-	22, // 23: tvd.v1.AuditTailResponse.entries:type_name -> tvd.v1.AuditEntry
-	23, // 24: tvd.v1.AuditTailResponse.checkpoint:type_name -> tvd.v1.Checkpoint
-	22, // 25: tvd.v1.AuditProofResponse.entry:type_name -> tvd.v1.AuditEntry
-	23, // 26: tvd.v1.AuditProofResponse.checkpoint:type_name -> tvd.v1.Checkpoint
-	0,  // 27: tvd.v1.ComplianceReportRequest.format:type_name -> tvd.v1.ReportFormat
-	0,  // 28: tvd.v1.ComplianceReportResponse.format:type_name -> tvd.v1.ReportFormat
-	37, // 29: tvd.v1.CreateLoginTokenRequest.ttl:type_name -> google.protobuf.Duration
-	32, // 30: tvd.v1.CreateLoginTokenResponse.expires:type_name -> google.protobuf.Timestamp
-	1,  // 31: tvd.v1.AdminService.Status:input_type -> tvd.v1.StatusRequest
-	4,  // 32: tvd.v1.AdminService.ListNodes:input_type -> tvd.v1.ListNodesRequest
-	7,  // 33: tvd.v1.AdminService.ListMembers:input_type -> tvd.v1.ListMembersRequest
-	10, // 34: tvd.v1.AdminService.CreateJoinToken:input_type -> tvd.v1.CreateJoinTokenRequest
-	12, // 35: tvd.v1.AdminService.IssueAdminCert:input_type -> tvd.v1.IssueAdminCertRequest
-	15, // 36: tvd.v1.AdminService.ApplyPolicy:input_type -> tvd.v1.ApplyPolicyRequest
-	17, // 37: tvd.v1.AdminService.PolicyHistory:input_type -> tvd.v1.PolicyHistoryRequest
-	20, // 38: tvd.v1.AdminService.Revoke:input_type -> tvd.v1.RevokeRequest
-	24, // 39: tvd.v1.AdminService.AuditTail:input_type -> tvd.v1.AuditTailRequest
-	26, // 40: tvd.v1.AdminService.AuditProof:input_type -> tvd.v1.AuditProofRequest
-	28, // 41: tvd.v1.AdminService.ComplianceReport:input_type -> tvd.v1.ComplianceReportRequest
-	30, // 42: tvd.v1.AdminService.CreateLoginToken:input_type -> tvd.v1.CreateLoginTokenRequest
-	3,  // 43: tvd.v1.AdminService.Status:output_type -> tvd.v1.StatusResponse
-	6,  // 44: tvd.v1.AdminService.ListNodes:output_type -> tvd.v1.ListNodesResponse
-	9,  // 45: tvd.v1.AdminService.ListMembers:output_type -> tvd.v1.ListMembersResponse
-	11, // 46: tvd.v1.AdminService.CreateJoinToken:output_type -> tvd.v1.CreateJoinTokenResponse
-	13, // 47: tvd.v1.AdminService.IssueAdminCert:output_type -> tvd.v1.IssueAdminCertResponse
-	16, // 48: tvd.v1.AdminService.ApplyPolicy:output_type -> tvd.v1.ApplyPolicyResponse
-	19, // 49: tvd.v1.AdminService.PolicyHistory:output_type -> tvd.v1.PolicyHistoryResponse
-	21, // 50: tvd.v1.AdminService.Revoke:output_type -> tvd.v1.RevokeResponse
-	25, // 51: tvd.v1.AdminService.AuditTail:output_type -> tvd.v1.AuditTailResponse
-	27, // 52: tvd.v1.AdminService.AuditProof:output_type -> tvd.v1.AuditProofResponse
-	29, // 53: tvd.v1.AdminService.ComplianceReport:output_type -> tvd.v1.ComplianceReportResponse
-	31, // 54: tvd.v1.AdminService.CreateLoginToken:output_type -> tvd.v1.CreateLoginTokenResponse
-	43, // [43:55] is the sub-list for method output_type
-	31, // [31:43] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	33, // 1: tvd.v1.StatusResponse.now:type_name -> google.protobuf.Timestamp
+	34, // 2: tvd.v1.Node.assurance:type_name -> tvd.v1.Assurance
+	33, // 3: tvd.v1.Node.enrolled_at:type_name -> google.protobuf.Timestamp
+	33, // 4: tvd.v1.Node.last_report_at:type_name -> google.protobuf.Timestamp
+	33, // 5: tvd.v1.Node.last_verified_at:type_name -> google.protobuf.Timestamp
+	35, // 6: tvd.v1.Node.status:type_name -> tvd.v1.Status
+	6,  // 7: tvd.v1.Node.domains:type_name -> tvd.v1.NodeDomain
+	5,  // 8: tvd.v1.ListNodesResponse.nodes:type_name -> tvd.v1.Node
+	36, // 9: tvd.v1.MemberInfo.member:type_name -> tvd.v1.Member
+	37, // 10: tvd.v1.MemberInfo.verdict:type_name -> tvd.v1.Verdict
+	33, // 11: tvd.v1.MemberInfo.cert_expires:type_name -> google.protobuf.Timestamp
+	9,  // 12: tvd.v1.ListMembersResponse.members:type_name -> tvd.v1.MemberInfo
+	38, // 13: tvd.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	33, // 14: tvd.v1.CreateJoinTokenResponse.expires:type_name -> google.protobuf.Timestamp
+	38, // 15: tvd.v1.IssueAdminCertRequest.ttl:type_name -> google.protobuf.Duration
+	33, // 16: tvd.v1.IssueAdminCertResponse.expires:type_name -> google.protobuf.Timestamp
+	15, // 17: tvd.v1.ApplyPolicyRequest.files:type_name -> tvd.v1.PolicyFile
+	33, // 18: tvd.v1.PolicyVersion.applied_at:type_name -> google.protobuf.Timestamp
+	19, // 19: tvd.v1.PolicyHistoryResponse.versions:type_name -> tvd.v1.PolicyVersion
+	36, // 20: tvd.v1.RevokeRequest.member:type_name -> tvd.v1.Member
+	33, // 21: tvd.v1.RevokeResponse.revoked_at:type_name -> google.protobuf.Timestamp
+	36, // 22: tvd.v1.RevokeResponse.members:type_name -> tvd.v1.Member
+	33, // 23: tvd.v1.AuditEntry.time:type_name -> google.protobuf.Timestamp
+	23, // 24: tvd.v1.AuditTailResponse.entries:type_name -> tvd.v1.AuditEntry
+	24, // 25: tvd.v1.AuditTailResponse.checkpoint:type_name -> tvd.v1.Checkpoint
+	23, // 26: tvd.v1.AuditProofResponse.entry:type_name -> tvd.v1.AuditEntry
+	24, // 27: tvd.v1.AuditProofResponse.checkpoint:type_name -> tvd.v1.Checkpoint
+	0,  // 28: tvd.v1.ComplianceReportRequest.format:type_name -> tvd.v1.ReportFormat
+	0,  // 29: tvd.v1.ComplianceReportResponse.format:type_name -> tvd.v1.ReportFormat
+	38, // 30: tvd.v1.CreateLoginTokenRequest.ttl:type_name -> google.protobuf.Duration
+	33, // 31: tvd.v1.CreateLoginTokenResponse.expires:type_name -> google.protobuf.Timestamp
+	1,  // 32: tvd.v1.AdminService.Status:input_type -> tvd.v1.StatusRequest
+	4,  // 33: tvd.v1.AdminService.ListNodes:input_type -> tvd.v1.ListNodesRequest
+	8,  // 34: tvd.v1.AdminService.ListMembers:input_type -> tvd.v1.ListMembersRequest
+	11, // 35: tvd.v1.AdminService.CreateJoinToken:input_type -> tvd.v1.CreateJoinTokenRequest
+	13, // 36: tvd.v1.AdminService.IssueAdminCert:input_type -> tvd.v1.IssueAdminCertRequest
+	16, // 37: tvd.v1.AdminService.ApplyPolicy:input_type -> tvd.v1.ApplyPolicyRequest
+	18, // 38: tvd.v1.AdminService.PolicyHistory:input_type -> tvd.v1.PolicyHistoryRequest
+	21, // 39: tvd.v1.AdminService.Revoke:input_type -> tvd.v1.RevokeRequest
+	25, // 40: tvd.v1.AdminService.AuditTail:input_type -> tvd.v1.AuditTailRequest
+	27, // 41: tvd.v1.AdminService.AuditProof:input_type -> tvd.v1.AuditProofRequest
+	29, // 42: tvd.v1.AdminService.ComplianceReport:input_type -> tvd.v1.ComplianceReportRequest
+	31, // 43: tvd.v1.AdminService.CreateLoginToken:input_type -> tvd.v1.CreateLoginTokenRequest
+	3,  // 44: tvd.v1.AdminService.Status:output_type -> tvd.v1.StatusResponse
+	7,  // 45: tvd.v1.AdminService.ListNodes:output_type -> tvd.v1.ListNodesResponse
+	10, // 46: tvd.v1.AdminService.ListMembers:output_type -> tvd.v1.ListMembersResponse
+	12, // 47: tvd.v1.AdminService.CreateJoinToken:output_type -> tvd.v1.CreateJoinTokenResponse
+	14, // 48: tvd.v1.AdminService.IssueAdminCert:output_type -> tvd.v1.IssueAdminCertResponse
+	17, // 49: tvd.v1.AdminService.ApplyPolicy:output_type -> tvd.v1.ApplyPolicyResponse
+	20, // 50: tvd.v1.AdminService.PolicyHistory:output_type -> tvd.v1.PolicyHistoryResponse
+	22, // 51: tvd.v1.AdminService.Revoke:output_type -> tvd.v1.RevokeResponse
+	26, // 52: tvd.v1.AdminService.AuditTail:output_type -> tvd.v1.AuditTailResponse
+	28, // 53: tvd.v1.AdminService.AuditProof:output_type -> tvd.v1.AuditProofResponse
+	30, // 54: tvd.v1.AdminService.ComplianceReport:output_type -> tvd.v1.ComplianceReportResponse
+	32, // 55: tvd.v1.AdminService.CreateLoginToken:output_type -> tvd.v1.CreateLoginTokenResponse
+	44, // [44:56] is the sub-list for method output_type
+	32, // [32:44] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_admin_proto_init() }
@@ -2525,7 +2639,7 @@ func file_tvd_v1_admin_proto_init() {
 		return
 	}
 	file_tvd_v1_types_proto_init()
-	file_tvd_v1_admin_proto_msgTypes[19].OneofWrappers = []any{
+	file_tvd_v1_admin_proto_msgTypes[20].OneofWrappers = []any{
 		(*RevokeRequest_Member)(nil),
 		(*RevokeRequest_Node)(nil),
 	}
@@ -2535,7 +2649,7 @@ func file_tvd_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tvd_v1_admin_proto_rawDesc), len(file_tvd_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
