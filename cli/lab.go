@@ -332,7 +332,7 @@ is cut off and nothing else changed), prints the report, and takes the lab down.
 			step("an intruder runs an unlisted program in " + offender)
 			// The probe: a flow the offender had before, now cut?
 			probe := func() (bool, error) {
-				res, err := lab.Check(ctx, st, 300*time.Millisecond, offender)
+				res, err := lab.CheckInvolving(ctx, st, 100*time.Millisecond, offender)
 				if err != nil {
 					return false, err
 				}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -106,6 +107,17 @@ func inNetNS(path string, fn func() error) error {
 // Offenders are EEs cut off by a reaction: every flow from or to them is
 // expected to be dropped.
 func Check(ctx context.Context, st *State, timeout time.Duration, offenders ...string) ([]Result, error) {
+	return check(ctx, st, timeout, "", offenders)
+}
+
+// CheckInvolving is Check restricted to the pairs from or to ee, with ee
+// taken as an offender (every flow from or to it is expected dropped):
+// the demo's quick probe of whether a reaction has cut ee off.
+func CheckInvolving(ctx context.Context, st *State, timeout time.Duration, ee string) ([]Result, error) {
+	return check(ctx, st, timeout, ee, []string{ee})
+}
+
+func check(ctx context.Context, st *State, timeout time.Duration, only string, offenders []string) ([]Result, error) {
 	comp, err := LoadPolicy(st)
 	if err != nil {
 		return nil, err
@@ -113,6 +125,9 @@ func Check(ctx context.Context, st *State, timeout time.Duration, offenders ...s
 	pairs, err := Expect(comp, st)
 	if err != nil {
 		return nil, err
+	}
+	if only != "" {
+		pairs = slices.DeleteFunc(pairs, func(p Pair) bool { return p.From != only && p.To != only })
 	}
 	cl, err := Dial(st)
 	if err != nil {
@@ -171,7 +186,7 @@ func Check(ctx context.Context, st *State, timeout time.Duration, offenders ...s
 	}
 	results := make([]Result, len(pairs))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
+	sem := make(chan struct{}, 32)
 	cut := map[string]bool{}
 	for _, o := range offenders {
 		cut[o] = true
