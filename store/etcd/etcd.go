@@ -160,6 +160,8 @@ type Store struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
+
+	fence atomic.Pointer[fence] // set while leading an election (see Campaign)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -363,8 +365,9 @@ func (s *Store) Commit(ctx context.Context, b store.Batch) (int64, error) {
 	if err := b.Validate(); err != nil {
 		return 0, fmt.Errorf("commit: %w", err)
 	}
-	cmps := make([]clientv3.Cmp, len(b.Conds))
+	cmps := make([]clientv3.Cmp, len(b.Conds), len(b.Conds)+1)
 	var reads []clientv3.Op
+	f := s.fence.Load()
 	readIdx := make(map[string]int, len(b.Conds))
 	for i, c := range b.Conds {
 		k := s.prefix + c.Key
@@ -380,6 +383,12 @@ func (s *Store) Commit(ctx context.Context, b store.Batch) (int64, error) {
 			readIdx[c.Key] = len(reads)
 			reads = append(reads, clientv3.OpGet(k, clientv3.WithKeysOnly()))
 		}
+	}
+	if f != nil {
+		// Only the leader writes: the leader's election key must still be
+		// the one it created.
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev))
+		reads = append(reads, clientv3.OpGet(f.key, clientv3.WithKeysOnly()))
 	}
 	ops := make([]clientv3.Op, len(b.Ops))
 	for i, op := range b.Ops {
@@ -400,6 +409,12 @@ func (s *Store) Commit(ctx context.Context, b store.Batch) (int64, error) {
 	}
 	if len(resp.Responses) != len(reads) {
 		return 0, fmt.Errorf("commit: %w: etcd answered a failed txn with %d reads, want %d", store.ErrConflict, len(resp.Responses), len(reads))
+	}
+	if f != nil {
+		rr := resp.Responses[len(reads)-1].GetResponseRange()
+		if rr == nil || len(rr.Kvs) == 0 || rr.Kvs[0].CreateRevision != f.rev {
+			return 0, fmt.Errorf("commit: %w", ErrNotLeader)
+		}
 	}
 	for _, c := range b.Conds {
 		rr := resp.Responses[readIdx[c.Key]].GetResponseRange()
