@@ -55,6 +55,12 @@ type Config struct {
 	DataDir string
 	// Store holds the controller's state. Required; the caller owns it.
 	Store store.Store
+	// SharedStore says that Store is shared by controller replicas (etcd):
+	// the audit log and its signing key then live in the store too, so
+	// that a replica taking over continues the one log. Only one replica
+	// may run at a time (the leader: see store/etcd Campaign), and every
+	// replica needs the deployment's key-encryption key (DataDir/kek).
+	SharedStore bool
 	// Listen is the address to serve on, e.g. "127.0.0.1:7443".
 	Listen string
 	// Hosts are the names and addresses the server certificate is valid
@@ -168,7 +174,11 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.ca.TrustDomain() != cfg.TrustDomain && cfg.TrustDomain != DefaultTrustDomain {
 		return nil, fmt.Errorf("controller: the store's CA is for trust domain %q, not %q", c.ca.TrustDomain(), cfg.TrustDomain)
 	}
-	if c.audit, err = openAuditor(ctx, filepath.Join(cfg.DataDir, "audit"), c.ca.TrustDomain(), c.log, c.now); err != nil {
+	var shared *sharedAudit
+	if cfg.SharedStore {
+		shared = &sharedAudit{st: c.st, kek: kek}
+	}
+	if c.audit, err = openAuditor(ctx, filepath.Join(cfg.DataDir, "audit"), c.ca.TrustDomain(), c.log, c.now, shared); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	if c.s, err = load(ctx, c.st); err != nil {
