@@ -895,7 +895,10 @@ type Plan struct {
 	// traffic).
 	OnControllerLoss string `protobuf:"bytes,11,opt,name=on_controller_loss,json=onControllerLoss,proto3" json:"on_controller_loss,omitempty"`
 	// Where the node's measurement log continues (TPM-assured nodes only).
-	Cursor        *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// EE operations an administrator asked for (EEService, ee.proto),
+	// each to be carried out once and reported in ReportRequest.ee_results.
+	EeOperations  []*EEOperationRequest `protobuf:"bytes,40,rep,name=ee_operations,json=eeOperations,proto3" json:"ee_operations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1010,6 +1013,13 @@ func (x *Plan) GetOnControllerLoss() string {
 func (x *Plan) GetCursor() *AttestCursor {
 	if x != nil {
 		return x.Cursor
+	}
+	return nil
+}
+
+func (x *Plan) GetEeOperations() []*EEOperationRequest {
+	if x != nil {
+		return x.EeOperations
 	}
 	return nil
 }
@@ -1638,7 +1648,13 @@ type EEStatus struct {
 	// The digest of the image it runs.
 	ImageDigest string `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	// What went wrong, if state is EE_STATE_FAILED.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// How strongly the node's driver isolates it: "strong" or "weak".
+	Isolation string `protobuf:"bytes,40,opt,name=isolation,proto3" json:"isolation,omitempty"`
+	// The domain it belongs to or asks for.
+	Domain string `protobuf:"bytes,41,opt,name=domain,proto3" json:"domain,omitempty"`
+	// Its role there.
+	Role          string `protobuf:"bytes,42,opt,name=role,proto3" json:"role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1697,6 +1713,27 @@ func (x *EEStatus) GetImageDigest() string {
 func (x *EEStatus) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *EEStatus) GetIsolation() string {
+	if x != nil {
+		return x.Isolation
+	}
+	return ""
+}
+
+func (x *EEStatus) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *EEStatus) GetRole() string {
+	if x != nil {
+		return x.Role
 	}
 	return ""
 }
@@ -2002,7 +2039,9 @@ type ReportRequest struct {
 	// The node's current WireGuard keys, one per domain it has members in.
 	ChannelKeys []*ChannelKey `protobuf:"bytes,9,rep,name=channel_keys,json=channelKeys,proto3" json:"channel_keys,omitempty"`
 	// EEs started since enrolment that ask to join a domain.
-	Join          []*EESpec `protobuf:"bytes,10,rep,name=join,proto3" json:"join,omitempty"`
+	Join []*EESpec `protobuf:"bytes,10,rep,name=join,proto3" json:"join,omitempty"`
+	// The outcomes of the EE operations carried out since the last report.
+	EeResults     []*EEOperationResult `protobuf:"bytes,40,rep,name=ee_results,json=eeResults,proto3" json:"ee_results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2103,6 +2142,13 @@ func (x *ReportRequest) GetChannelKeys() []*ChannelKey {
 func (x *ReportRequest) GetJoin() []*EESpec {
 	if x != nil {
 		return x.Join
+	}
+	return nil
+}
+
+func (x *ReportRequest) GetEeResults() []*EEOperationResult {
+	if x != nil {
+		return x.EeResults
 	}
 	return nil
 }
@@ -2481,7 +2527,7 @@ var File_tvd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x12tvd/v1/agent.proto\x12\x06tvd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tvd/v1/types.proto\"\x82\x02\n" +
+	"\x12tvd/v1/agent.proto\x12\x06tvd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tvd/v1/eeops.proto\x1a\x12tvd/v1/types.proto\"\x82\x02\n" +
 	"\x06EESpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fimage_digest\x18\x02 \x01(\tR\vimageDigest\x12\x16\n" +
@@ -2532,7 +2578,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12*\n" +
 	"\x11last_plan_version\x18\x02 \x01(\x04R\x0flastPlanVersion\"1\n" +
 	"\rWatchResponse\x12 \n" +
-	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xab\x04\n" +
+	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xec\x04\n" +
 	"\x04Plan\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x12,\n" +
@@ -2550,7 +2596,8 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"freshUntil\x12,\n" +
 	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\x12,\n" +
-	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\"\xb2\x01\n" +
+	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\x12?\n" +
+	"\ree_operations\x18( \x03(\v2\x1a.tvd.v1.EEOperationRequestR\feeOperations\"\xb2\x01\n" +
 	"\n" +
 	"PlanMember\x12&\n" +
 	"\x06member\x18\x01 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x1d\n" +
@@ -2593,12 +2640,15 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\bPCRValue\x12\x19\n" +
 	"\bhash_alg\x18\x01 \x01(\rR\ahashAlg\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x03 \x01(\fR\x06digest\"~\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"\xc8\x01\n" +
 	"\bEEStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x0f.tvd.v1.EEStateR\x05state\x12!\n" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x8f\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1c\n" +
+	"\tisolation\x18( \x01(\tR\tisolation\x12\x16\n" +
+	"\x06domain\x18) \x01(\tR\x06domain\x12\x12\n" +
+	"\x04role\x18* \x01(\tR\x04role\"\x8f\x01\n" +
 	"\tDomainAck\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12.\n" +
 	"\achannel\x18\x02 \x01(\x0e2\x14.tvd.v1.ChannelStateR\achannel\x12$\n" +
@@ -2618,7 +2668,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"ChannelKey\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x120\n" +
 	"\x14wireguard_public_key\x18\x02 \x01(\fR\x12wireguardPublicKey\x12\x1a\n" +
-	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xe8\x02\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xa2\x03\n" +
 	"\rReportRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12#\n" +
@@ -2630,7 +2680,9 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04acks\x18\b \x03(\v2\x0f.tvd.v1.PlanAckR\x04acks\x125\n" +
 	"\fchannel_keys\x18\t \x03(\v2\x12.tvd.v1.ChannelKeyR\vchannelKeys\x12\"\n" +
 	"\x04join\x18\n" +
-	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\"`\n" +
+	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\x128\n" +
+	"\n" +
+	"ee_results\x18( \x03(\v2\x19.tvd.v1.EEOperationResultR\teeResults\"`\n" +
 	"\fAttestCursor\x12\x1f\n" +
 	"\vreset_count\x18\x01 \x01(\rR\n" +
 	"resetCount\x12\x19\n" +
@@ -2728,9 +2780,11 @@ var file_tvd_v1_agent_proto_goTypes = []any{
 	nil,                                // 34: tvd.v1.EESpec.ClaimsEntry
 	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
 	(Assurance)(0),                     // 36: tvd.v1.Assurance
-	(*Member)(nil),                     // 37: tvd.v1.Member
-	(Reaction)(0),                      // 38: tvd.v1.Reaction
-	(*Verdict)(nil),                    // 39: tvd.v1.Verdict
+	(*EEOperationRequest)(nil),         // 37: tvd.v1.EEOperationRequest
+	(*Member)(nil),                     // 38: tvd.v1.Member
+	(Reaction)(0),                      // 39: tvd.v1.Reaction
+	(*EEOperationResult)(nil),          // 40: tvd.v1.EEOperationResult
+	(*Verdict)(nil),                    // 41: tvd.v1.Verdict
 }
 var file_tvd_v1_agent_proto_depIdxs = []int32{
 	34, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
@@ -2751,47 +2805,49 @@ var file_tvd_v1_agent_proto_depIdxs = []int32{
 	35, // 15: tvd.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
 	35, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
 	28, // 17: tvd.v1.Plan.cursor:type_name -> tvd.v1.AttestCursor
-	37, // 18: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
-	35, // 19: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
-	15, // 20: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
-	16, // 21: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
-	37, // 22: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
-	38, // 23: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
-	37, // 24: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
-	35, // 25: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
-	0,  // 26: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
-	1,  // 27: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
-	35, // 28: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
-	23, // 29: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
-	24, // 30: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
-	20, // 31: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
-	21, // 32: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
-	22, // 33: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
-	25, // 34: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
-	26, // 35: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
-	2,  // 36: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
-	39, // 37: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
-	35, // 38: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
-	28, // 39: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
-	37, // 40: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
-	35, // 41: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
-	4,  // 42: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
-	8,  // 43: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
-	10, // 44: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
-	27, // 45: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
-	30, // 46: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
-	32, // 47: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
-	7,  // 48: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
-	9,  // 49: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
-	11, // 50: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
-	29, // 51: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
-	31, // 52: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
-	33, // 53: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
-	48, // [48:54] is the sub-list for method output_type
-	42, // [42:48] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	37, // 18: tvd.v1.Plan.ee_operations:type_name -> tvd.v1.EEOperationRequest
+	38, // 19: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
+	35, // 20: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
+	15, // 21: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
+	16, // 22: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
+	38, // 23: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
+	39, // 24: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
+	38, // 25: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
+	35, // 26: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
+	0,  // 27: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
+	1,  // 28: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
+	35, // 29: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
+	23, // 30: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
+	24, // 31: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
+	20, // 32: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
+	21, // 33: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
+	22, // 34: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
+	25, // 35: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
+	26, // 36: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
+	2,  // 37: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
+	40, // 38: tvd.v1.ReportRequest.ee_results:type_name -> tvd.v1.EEOperationResult
+	41, // 39: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
+	35, // 40: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
+	28, // 41: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
+	38, // 42: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
+	35, // 43: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
+	4,  // 44: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
+	8,  // 45: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
+	10, // 46: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
+	27, // 47: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
+	30, // 48: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
+	32, // 49: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
+	7,  // 50: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
+	9,  // 51: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
+	11, // 52: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
+	29, // 53: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
+	31, // 54: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
+	33, // 55: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
+	50, // [50:56] is the sub-list for method output_type
+	44, // [44:50] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_agent_proto_init() }
@@ -2799,6 +2855,7 @@ func file_tvd_v1_agent_proto_init() {
 	if File_tvd_v1_agent_proto != nil {
 		return
 	}
+	file_tvd_v1_eeops_proto_init()
 	file_tvd_v1_types_proto_init()
 	file_tvd_v1_agent_proto_msgTypes[2].OneofWrappers = []any{
 		(*EnrollRequest_Tpm)(nil),
