@@ -59,8 +59,8 @@ func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
 	tr.Protocols.SetHTTP2(true)
 	hc := &http.Client{Transport: tr}
 	return &Client{
-		URL:   base,
-		Admin: tvdv1connect.NewAdminServiceClient(hc, base),
+		URL:     base,
+		Admin:   tvdv1connect.NewAdminServiceClient(hc, base),
 		Agent:   tvdv1connect.NewAgentServiceClient(hc, base),
 		EE:      tvdv1connect.NewEEServiceClient(hc, base),
 		EEAgent: tvdv1connect.NewEEAgentServiceClient(hc, base),
