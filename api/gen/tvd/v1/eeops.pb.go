@@ -335,7 +335,9 @@ type EEOperationResult struct {
 	// LOGS: the tail of the EE's log.
 	Logs []byte `protobuf:"bytes,6,opt,name=logs,proto3" json:"logs,omitempty"`
 	// CREATE and MIGRATE_IN: the EE's image digest.
-	ImageDigest   string `protobuf:"bytes,7,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	ImageDigest string `protobuf:"bytes,7,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	// MIGRATE_OUT: the EE as its source node ran it, for the target.
+	Definition    *EEDefinition `protobuf:"bytes,8,opt,name=definition,proto3" json:"definition,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +421,13 @@ func (x *EEOperationResult) GetImageDigest() string {
 	return ""
 }
 
+func (x *EEOperationResult) GetDefinition() *EEDefinition {
+	if x != nil {
+		return x.Definition
+	}
+	return nil
+}
+
 var File_tvd_v1_eeops_proto protoreflect.FileDescriptor
 
 const file_tvd_v1_eeops_proto_rawDesc = "" +
@@ -444,7 +453,7 @@ const file_tvd_v1_eeops_proto_rawDesc = "" +
 	"definition\x18\x04 \x01(\v2\x14.tvd.v1.EEDefinitionR\n" +
 	"definition\x12%\n" +
 	"\x0earchive_digest\x18\x05 \x01(\tR\rarchiveDigest\x12\x14\n" +
-	"\x05actor\x18\x06 \x01(\tR\x05actor\"\xd4\x01\n" +
+	"\x05actor\x18\x06 \x01(\tR\x05actor\"\x8a\x02\n" +
 	"\x11EEOperationResult\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04done\x18\x02 \x01(\bR\x04done\x12\x14\n" +
@@ -452,7 +461,10 @@ const file_tvd_v1_eeops_proto_rawDesc = "" +
 	"\x0fsnapshot_digest\x18\x04 \x01(\tR\x0esnapshotDigest\x12%\n" +
 	"\x0esnapshot_bytes\x18\x05 \x01(\x03R\rsnapshotBytes\x12\x12\n" +
 	"\x04logs\x18\x06 \x01(\fR\x04logs\x12!\n" +
-	"\fimage_digest\x18\a \x01(\tR\vimageDigest*\xb3\x02\n" +
+	"\fimage_digest\x18\a \x01(\tR\vimageDigest\x124\n" +
+	"\n" +
+	"definition\x18\b \x01(\v2\x14.tvd.v1.EEDefinitionR\n" +
+	"definition*\xb3\x02\n" +
 	"\bEEAction\x12\x19\n" +
 	"\x15EE_ACTION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fEE_ACTION_START\x10\x01\x12\x12\n" +
@@ -494,11 +506,12 @@ var file_tvd_v1_eeops_proto_depIdxs = []int32{
 	4, // 0: tvd.v1.EEDefinition.claims:type_name -> tvd.v1.EEDefinition.ClaimsEntry
 	0, // 1: tvd.v1.EEOperationRequest.action:type_name -> tvd.v1.EEAction
 	1, // 2: tvd.v1.EEOperationRequest.definition:type_name -> tvd.v1.EEDefinition
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	1, // 3: tvd.v1.EEOperationResult.definition:type_name -> tvd.v1.EEDefinition
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_eeops_proto_init() }
