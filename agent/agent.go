@@ -132,7 +132,7 @@ type Agent struct {
 	eeOps       chan *tvdv1.EEOperationRequest
 	eeResults   []*tvdv1.EEOperationResult // for the next report
 	joins       []*tvdv1.EESpec            // EEs created since, asking to join
-	trusted     map[string]bool // EEs with a trusted snapshot from a verified state
+	trusted     map[string]bool            // EEs with a trusted snapshot from a verified state
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
