@@ -546,6 +546,9 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	if len(rwake) > 0 {
 		wakeAll = true
 	}
+	// A record changed twice in this report is written once, as it ends.
+	changed = lastOf(changed, func(m *memberRec) string { return m.EE })
+	eeOps = lastOf(eeOps, func(o *eeOpRec) string { return o.ID })
 	for _, o := range eeOps {
 		op, err := putJSON(prefixEEOps+o.ID, o)
 		if err != nil {
@@ -720,4 +723,19 @@ func (a *agentService) Leave(ctx context.Context, req *connect.Request[tvdv1.Lea
 		_, v = c.planFor(n.Name)
 	}
 	return connect.NewResponse(&tvdv1.LeaveResponse{PlanVersion: v}), nil
+}
+
+// lastOf keeps the last of the elements of s with the same key, in the
+// order of their last occurrence.
+func lastOf[T any](s []T, key func(T) string) []T {
+	seen := map[string]bool{}
+	var out []T
+	for i := len(s) - 1; i >= 0; i-- {
+		if k := key(s[i]); !seen[k] {
+			seen[k] = true
+			out = append(out, s[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }

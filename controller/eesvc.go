@@ -434,12 +434,11 @@ func memberOf(d *eeDef) tvd.Member { return tvd.Member{Domain: d.Domain, Role: d
 // and the outcomes of operations. It returns the records and audit entries
 // to commit with the report. It must be called with c.mu held.
 func (c *Controller) eeReport(ctx context.Context, n *nodeRec, r *tvdv1.ReportRequest, now time.Time, member func(ee string) *memberRec) (ops []*eeOpRec, members []*memberRec, entries []audit.Entry, wake []string) {
-	if r.Ees != nil {
-		n.EEs = n.EEs[:0:0]
-		for _, s := range r.GetEes() {
-			n.EEs = append(n.EEs, eeSeen{Name: s.GetName(), State: s.GetState().String(), Isolation: s.GetIsolation(), Domain: s.GetDomain(),
-				Role: s.GetRole(), Image: s.GetImageDigest(), Error: s.GetError()})
-		}
+	// Every report carries every EE of the node (an empty list is no EE).
+	n.EEs = nil
+	for _, s := range r.GetEes() {
+		n.EEs = append(n.EEs, eeSeen{Name: s.GetName(), State: s.GetState().String(), Isolation: s.GetIsolation(), Domain: s.GetDomain(),
+			Role: s.GetRole(), Image: s.GetImageDigest(), Error: s.GetError()})
 	}
 	for _, res := range r.GetEeResults() {
 		o := c.s.ops[res.GetId()]
