@@ -588,6 +588,11 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	if tm, ok := a.cfg.EEs.(trustMarker); ok {
 		for _, v := range resp.Msg.GetVerdicts() {
 			ee := v.GetMember().GetEe()
+			if op, ok := a.cfg.EEs.(eeOperator); ok {
+				if _, here := op.EEConfig(ee); !here {
+					continue // it left the node (removed, migrated away)
+				}
+			}
 			if v.GetStatus() == tvdv1.Status_STATUS_VERIFIED && !a.trusted[ee] {
 				a.trusted[ee] = true
 				go func() {
