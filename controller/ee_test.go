@@ -62,8 +62,19 @@ func startEENode(t *testing.T, env *tvdtest.Env, nc agent.NodeConfig) *eeNode {
 	return &eeNode{RunningAgent: ra, drv: drv}
 }
 
-// waitOp polls an EE operation until it is no longer pending.
+// waitOp polls an EE operation until it is no longer pending, and fails
+// the test unless it is done.
 func waitOp(t *testing.T, cl *client.Client, op *tvdv1.EEOperation) *tvdv1.EEOperation {
+	t.Helper()
+	op = waitOpEnd(t, cl, op)
+	if op.GetState() != tvdv1.EEOperationState_EE_OPERATION_STATE_DONE {
+		t.Fatalf("operation %s (%v %s): %v: %s", op.GetId(), op.GetAction(), op.GetEe(), op.GetState(), op.GetError())
+	}
+	return op
+}
+
+// waitOpEnd polls an EE operation until it is no longer pending.
+func waitOpEnd(t *testing.T, cl *client.Client, op *tvdv1.EEOperation) *tvdv1.EEOperation {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for op.GetState() == tvdv1.EEOperationState_EE_OPERATION_STATE_PENDING {
@@ -76,9 +87,6 @@ func waitOp(t *testing.T, cl *client.Client, op *tvdv1.EEOperation) *tvdv1.EEOpe
 			t.Fatal(err)
 		}
 		op = resp.Msg.GetOperation()
-	}
-	if op.GetState() != tvdv1.EEOperationState_EE_OPERATION_STATE_DONE {
-		t.Fatalf("operation %s (%v %s): %v: %s", op.GetId(), op.GetAction(), op.GetEe(), op.GetState(), op.GetError())
 	}
 	return op
 }
@@ -316,4 +324,59 @@ func TestEEOperations(t *testing.T) {
 	tvdtest.Eventually(t, 10*time.Second, "red-client9 gone", func() bool {
 		return member(t, env, "red-client9") == nil && listEEs(t, env.Admin)["red-client9@n2"] == nil
 	})
+
+	// Archives move only for the node a migration names: another node's
+	// certificate is refused, an admin's is not a node's.
+	nodeCreds, err := client.LoadDir(filepath.Join(n2.DataDir, "node"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeCl, err := client.Dial(nodeCreds, env.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nodeCl.EEAgent.PutArchive(ctx, connect.NewRequest(&tvdv1.PutArchiveRequest{Node: "n2", OperationId: mig.GetId(), Digest: "sha256:00", Data: []byte("x")})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("put archive for a finished operation: %v; want permission denied", err)
+	}
+	if _, err := nodeCl.EEAgent.GetArchive(ctx, connect.NewRequest(&tvdv1.GetArchiveRequest{Node: "n1", OperationId: mig.GetId()})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("n2 asking for an archive as n1: %v; want permission denied", err)
+	}
+	if _, err := env.Admin.EEAgent.GetArchive(ctx, connect.NewRequest(&tvdv1.GetArchiveRequest{Node: "n2", OperationId: mig.GetId()})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("an admin asking for an archive: %v; want unauthenticated", err)
+	}
+
+	// A migration whose target cannot take the EE fails there; the EE is
+	// then between nodes (its address kept), and a second migration
+	// brings it in elsewhere from the archive the controller holds.
+	env.StartAgent(agent.NodeConfig{Node: "n3"}) // runs no EEs
+	mresp, err = env.Admin.EE.MigrateEE(ctx, connect.NewRequest(&tvdv1.MigrateEERequest{Ee: "red-client1", To: "n3"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := waitOpEnd(t, env.Admin, mresp.Msg.GetOperation())
+	if failed.GetState() != tvdv1.EEOperationState_EE_OPERATION_STATE_FAILED || !strings.Contains(failed.GetError(), "runs no EE host") {
+		t.Fatalf("migration to a node without EEs: %v", failed)
+	}
+	if e := listEEs(t, env.Admin)["red-client1@"]; e == nil || e.GetMembership() != "migrating" || e.GetOverlayAddress() != before.GetOverlayAddress() {
+		t.Errorf("ls of an EE between nodes: %v", e)
+	}
+	if _, err := env.Admin.EE.ControlEE(ctx, connect.NewRequest(&tvdv1.ControlEERequest{Ee: "red-client1", Action: tvdv1.EEAction_EE_ACTION_START})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Errorf("start of an EE between nodes: %v; want failed precondition", err)
+	}
+	mresp, err = env.Admin.EE.MigrateEE(ctx, connect.NewRequest(&tvdv1.MigrateEERequest{Ee: "red-client1", To: "n1"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOp(t, env.Admin, mresp.Msg.GetOperation())
+	tvdtest.Eventually(t, 10*time.Second, "red-client1 a verified member on n1 again", func() bool {
+		after = member(t, env, "red-client1")
+		return after != nil && after.GetNode() == "n1" && after.GetVerdict().GetStatus() == tvdv1.Status_STATUS_VERIFIED
+	})
+	if after.GetOverlayAddress() != before.GetOverlayAddress() {
+		t.Errorf("address %s after the retried migration, want %s", after.GetOverlayAddress(), before.GetOverlayAddress())
+	}
+	waitEE(t, env, "red-client1@n1", tvdv1.EEState_EE_STATE_RUNNING)
+	if got := treeSum(t, n1.drv, "red-client1"); got != want {
+		t.Error("the EE's file differs after the retried migration")
+	}
 }

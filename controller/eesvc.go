@@ -252,6 +252,17 @@ func (e *eeService) ListEEs(ctx context.Context, req *connect.Request[tvdv1.List
 			resp.Ees = append(resp.Ees, info)
 		}
 	}
+	// EEs in flight between nodes are on none.
+	listed := map[string]bool{}
+	for _, e := range resp.Ees {
+		listed[e.Name] = true
+	}
+	for _, m := range c.s.sortedMembers() {
+		if m.State == memberMigrating && !listed[m.EE] && id.Role.CanRead(m.Domain) && req.Msg.GetNode() == "" {
+			resp.Ees = append(resp.Ees, &tvdv1.EEInfo{Name: m.EE, Domain: m.Domain, Role: m.Role, ImageDigest: m.Image,
+				Membership: m.State, OverlayAddress: m.Address, Error: m.Reason})
+		}
+	}
 	sort.SliceStable(resp.Ees, func(i, j int) bool {
 		if resp.Ees[i].Node != resp.Ees[j].Node {
 			return resp.Ees[i].Node < resp.Ees[j].Node
@@ -378,6 +389,9 @@ func (e *eeService) MigrateEE(ctx context.Context, req *connect.Request[tvdv1.Mi
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	from, domain, _, m := c.eeOf(name)
+	if m != nil && m.State == memberMigrating {
+		return c.retryMigration(ctx, id, m, to, req.Msg.GetReason())
+	}
 	switch {
 	case from == "":
 		return nil, c.toConnect(ctx, what, errNotFound("no EE %q on any node", name))
@@ -405,6 +419,57 @@ func (e *eeService) MigrateEE(ctx context.Context, req *connect.Request[tvdv1.Mi
 	mig.AuditIndex = c.auditOp(ctx, mig, domain, map[string]string{"from": from, "to": to, "address": m.Address, "role": m.Role})
 	c.hub.wake(from)
 	c.log.InfoContext(ctx, "ee migration started", "ee", name, "from", from, "to", to, "operation", mig.ID)
+	return connect.NewResponse(&tvdv1.MigrateEEResponse{Operation: mig.proto()}), nil
+}
+
+// retryMigration brings in an EE whose migration failed after its source
+// node gave it up: the archive is at the controller, so the target (or any
+// other node, the source included) can restore it. It must be called with
+// c.mu held.
+func (c *Controller) retryMigration(ctx context.Context, id ca.Identity, m *memberRec, to, reason string) (*connect.Response[tvdv1.MigrateEEResponse], error) {
+	const what = "migrate ee"
+	var last *eeOpRec
+	for _, o := range c.s.ops {
+		if o.EE != m.EE || o.action() != tvdv1.EEAction_EE_ACTION_MIGRATE {
+			continue
+		}
+		if o.State == opPending {
+			return nil, c.toConnect(ctx, what, errPrecondition("ee %q is migrating (operation %s, phase %s); wait for it", m.EE, o.ID, o.Phase))
+		}
+		if o.ArchiveDigest != "" && (last == nil || o.IssuedAt.After(last.IssuedAt)) {
+			last = o
+		}
+	}
+	if last == nil {
+		return nil, c.toConnect(ctx, what, errPrecondition("ee %q is between nodes but no archive of it is known", m.EE))
+	}
+	if n := c.s.nodes[to]; n == nil || n.Left {
+		return nil, c.toConnect(ctx, what, errNotFound("target node %q is not enrolled", to))
+	}
+	if _, err := c.archivePath(last.ArchiveDigest); err != nil {
+		return nil, c.toConnect(ctx, what, err)
+	}
+	// The definition the last attempt carried.
+	var def *eeDef
+	for _, o := range c.s.ops {
+		if o.Parent == last.ID && o.action() == tvdv1.EEAction_EE_ACTION_MIGRATE_IN && o.Def != nil {
+			def = o.Def
+		}
+	}
+	if def == nil {
+		return nil, c.toConnect(ctx, what, errPrecondition("ee %q: the last migration (%s) never reached a target; nothing to retry from", m.EE, last.ID))
+	}
+	now := c.now()
+	mig := &eeOpRec{ID: newOpID(), Action: tvdv1.EEAction_EE_ACTION_MIGRATE.String(), EE: m.EE, Node: to, From: last.From, To: to, Phase: "in",
+		Actor: id.ID, Reason: reason, IssuedAt: now, State: opPending, ArchiveDigest: last.ArchiveDigest, SnapshotDigest: last.SnapshotDigest, SnapshotBytes: last.SnapshotBytes}
+	in := &eeOpRec{ID: newOpID(), Action: tvdv1.EEAction_EE_ACTION_MIGRATE_IN.String(), EE: m.EE, Node: to, Def: def, ArchiveDigest: last.ArchiveDigest,
+		Parent: mig.ID, Actor: id.ID, IssuedAt: now, State: opPending}
+	mig.Step = in.ID
+	if err := c.commitOps(ctx, []*eeOpRec{mig, in}); err != nil {
+		return nil, c.toConnect(ctx, what, err)
+	}
+	mig.AuditIndex = c.auditOp(ctx, mig, m.Domain, map[string]string{"from": last.From, "to": to, "address": m.Address, "retry_of": last.ID, "archive": last.ArchiveDigest})
+	c.hub.wake(to)
 	return connect.NewResponse(&tvdv1.MigrateEEResponse{Operation: mig.proto()}), nil
 }
 

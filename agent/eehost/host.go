@@ -311,7 +311,9 @@ func (h *Host) create(ctx context.Context, rec *eeRec, restore *ee.Snapshot) err
 	if err != nil {
 		return err
 	}
+	h.mu.Lock() // Status reads it while EEs are created at run time (tvd ee)
 	rec.img = img
+	h.mu.Unlock()
 	cmd := DefaultCommand
 	if h.cfg.Command != nil {
 		if c := h.cfg.Command(rec.cfg); len(c) > 0 {
