@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -112,12 +113,16 @@ func TestMigrateLab(t *testing.T) {
 	if !strings.Contains(out, "migrated red-client1 from pc1 to pc2") {
 		t.Errorf("migrate output: %s", out)
 	}
+	// Admitted on pc2, then verified there by a TPM quote that covers
+	// the EE's image and execs, measured into pc2's TPM.
+	migrated := time.Now()
 	var m1 map[string]any
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		m1 = members()["red-client1"]
 		v, _ := m1["verdict"].(map[string]any)
-		if m1 != nil && m1["node"] == "pc2" && v["status"] == "STATUS_VERIFIED" {
+		at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(v["verifiedAt"]))
+		if m1 != nil && m1["node"] == "pc2" && v["status"] == "STATUS_VERIFIED" && strings.Contains(fmt.Sprint(v["reason"]), "TPM quote") && at.After(migrated) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -145,6 +150,7 @@ func TestMigrateLab(t *testing.T) {
 			t.Errorf("node %s (%s) members %v", n.Name, n.Assurance, n.Ees)
 		}
 	}
+	t.Logf("tvd ee ls after the migration:\n%s", mustTVD(t, admin, "ee", "ls"))
 	ls = mustTVD(t, admin, "ee", "ls", "--node", "pc1")
 	if strings.Contains(ls, "red-client1") {
 		t.Errorf("pc1 still reports red-client1:\n%s", ls)
