@@ -379,4 +379,8 @@ func TestEEOperations(t *testing.T) {
 	if got := treeSum(t, n1.drv, "red-client1"); got != want {
 		t.Error("the EE's file differs after the retried migration")
 	}
+	// Once the EE runs from it, the controller drops the archive.
+	if left, _ := filepath.Glob(filepath.Join(env.Dir, "controller", "archives", "*")); len(left) > 0 {
+		t.Errorf("archives left at the controller: %v", left)
+	}
 }

@@ -40,6 +40,9 @@ const (
 	maxLogBytes = 64 << 10
 	// maxEEOpsPerPlan bounds the pending operations one plan carries.
 	maxEEOpsPerPlan = 64
+	// keepEEOps is how many finished operations the controller keeps (the
+	// audit log keeps them all).
+	keepEEOps = 1000
 )
 
 // Operation states.
@@ -276,6 +279,10 @@ func (e *eeService) ListEEs(ctx context.Context, req *connect.Request[tvdv1.List
 // operations into the state. It must be called with c.mu held.
 func (c *Controller) commitOps(ctx context.Context, recs []*eeOpRec, more ...store.Op) error {
 	ops := more
+	pruned := c.pruneOps()
+	for _, id := range pruned {
+		ops = append(ops, store.Delete(prefixEEOps+id))
+	}
 	for _, o := range recs {
 		op, err := putJSON(prefixEEOps+o.ID, o)
 		if err != nil {
@@ -286,10 +293,34 @@ func (c *Controller) commitOps(ctx context.Context, recs []*eeOpRec, more ...sto
 	if _, err := c.st.Commit(ctx, store.Batch{Ops: ops}); err != nil {
 		return fmt.Errorf("store ee operation: %w", err)
 	}
+	for _, id := range pruned {
+		delete(c.s.ops, id)
+	}
 	for _, o := range recs {
 		c.s.ops[o.ID] = o
 	}
 	return nil
+}
+
+// pruneOps returns the oldest finished operations beyond keepEEOps; the
+// sub-operations of a pending migration stay. It must be called with c.mu
+// held.
+func (c *Controller) pruneOps() []string {
+	var done []*eeOpRec
+	for _, o := range c.s.ops {
+		if o.State != opPending && (o.Parent == "" || c.s.ops[o.Parent] == nil || c.s.ops[o.Parent].State != opPending) {
+			done = append(done, o)
+		}
+	}
+	if len(done) <= keepEEOps {
+		return nil
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i].DoneAt.Before(done[j].DoneAt) })
+	var ids []string
+	for _, o := range done[:len(done)-keepEEOps] {
+		ids = append(ids, o.ID)
+	}
+	return ids
 }
 
 // auditOp records an operation request with the acting identity.
@@ -652,6 +683,11 @@ func (c *Controller) migrationsAdmitted(node string, joined []*memberRec, now ti
 			pc.DoneAt = now
 			if m.active() {
 				pc.State, pc.Phase = opDone, "done"
+				// The EE runs from it now; a failed migration keeps its
+				// archive for another attempt.
+				if p, err := c.archivePath(pc.ArchiveDigest); err == nil {
+					os.Remove(p)
+				}
 			} else {
 				pc.State, pc.Phase, pc.Error = opFailed, "failed", "not re-admitted on "+node+": "+m.Reason
 			}
