@@ -129,8 +129,11 @@ type Agent struct {
 	// watch loop reopens it at once: a new stream starts with a fresh nonce.
 	renewStream context.CancelFunc
 	channelKeys []*tvdv1.ChannelKey
-	done        map[string]bool // instructions carried out
-	trusted     map[string]bool // EEs with a trusted snapshot from a verified state
+	done        map[string]bool // instructions and EE operations carried out
+	eeOps       chan *tvdv1.EEOperationRequest
+	eeResults   []*tvdv1.EEOperationResult // for the next report
+	joins       []*tvdv1.EESpec            // EEs created since, asking to join
+	trusted     map[string]bool            // EEs with a trusted snapshot from a verified state
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
@@ -151,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.ReportEvery <= 0 {
 		cfg.ReportEvery = 5 * time.Second
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}, trusted: map[string]bool{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}, eeOps: make(chan *tvdv1.EEOperationRequest, 64), trusted: map[string]bool{}}
 	a.name = cfg.Node.Node
 	if a.name == "" {
 		h, err := os.Hostname()
@@ -200,34 +203,44 @@ func (a *Agent) Name() string { return a.name }
 func (a *Agent) eeSpecs() ([]*tvdv1.EESpec, error) {
 	var out []*tvdv1.EESpec
 	for _, e := range a.cfg.Node.EEs {
-		key, err := loadOrCreateKey(filepath.Join(a.cfg.DataDir, "members", e.Name+".key"))
+		s, err := a.specFor(e)
 		if err != nil {
 			return nil, err
 		}
-		csr, err := ca.NewCSR(key)
-		if err != nil {
-			return nil, err
-		}
-		digest := e.Image
-		claims := e.Claims
-		if r, ok := a.cfg.EEs.(imageResolver); ok {
-			if _, d, err := r.ResolveImage(e.Image); err == nil {
-				digest = d
-			} else {
-				return nil, fmt.Errorf("EE %s: %w", e.Name, err)
-			}
-		}
-		if iso, ok := a.cfg.EEs.(isolationReporter); ok {
-			// The EE's isolation is the driver's to say, not the config's.
-			claims = maps.Clone(claims)
-			if claims == nil {
-				claims = map[string]string{}
-			}
-			claims["ee.isolation"] = iso.Isolation()
-		}
-		out = append(out, &tvdv1.EESpec{Name: e.Name, ImageDigest: digest, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: claims, Csr: csr})
+		out = append(out, s)
 	}
 	return out, nil
+}
+
+// specFor is the request of one EE to join its domain, with a certificate
+// request for its member key.
+func (a *Agent) specFor(e EEConfig) (*tvdv1.EESpec, error) {
+	key, err := loadOrCreateKey(filepath.Join(a.cfg.DataDir, "members", e.Name+".key"))
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.NewCSR(key)
+	if err != nil {
+		return nil, err
+	}
+	digest := e.Image
+	claims := e.Claims
+	if r, ok := a.cfg.EEs.(imageResolver); ok {
+		if _, d, err := r.ResolveImage(e.Image); err == nil {
+			digest = d
+		} else {
+			return nil, fmt.Errorf("EE %s: %w", e.Name, err)
+		}
+	}
+	if iso, ok := a.cfg.EEs.(isolationReporter); ok {
+		// The EE's isolation is the driver's to say, not the config's.
+		claims = maps.Clone(claims)
+		if claims == nil {
+			claims = map[string]string{}
+		}
+		claims["ee.isolation"] = iso.Isolation()
+	}
+	return &tvdv1.EESpec{Name: e.Name, ImageDigest: digest, Domain: e.Domain, Role: e.Role, Owner: e.Owner, Claims: claims, Csr: csr}, nil
 }
 
 // enroll registers the node with the join token and writes its credentials.
@@ -306,6 +319,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.reportLoop(gctx) })
 	g.Go(func() error { return a.renewLoop(gctx) })
 	g.Go(func() error { return a.lossLoop(gctx) })
+	g.Go(func() error { return a.eeOpLoop(gctx) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -444,6 +458,7 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 		a.log.Info("instruction", "id", in.GetId(), "reaction", in.GetReaction().String(), "member", memberString(in.GetMember()), "done", ia.Done, "err", ia.Error)
 		ack.Instructions = append(ack.Instructions, ia)
 	}
+	a.queueEEOps(p)
 	ack.AppliedAt = timestamppb.New(a.now())
 	a.plan = p
 	a.pendingAcks = append(a.pendingAcks, ack)
@@ -541,12 +556,13 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 		ees = a.cfg.EEs.Status()
 	}
 	keys := a.channelKeys
+	results, joins := a.eeResults, a.joins
 	a.mu.Unlock()
 	if nonce == nil {
 		a.freshNonce()
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("no nonce yet"))
 	}
-	req := &tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees, ChannelKeys: keys}
+	req := &tvdv1.ReportRequest{Node: a.name, Nonce: nonce, Acks: acks, Ees: ees, ChannelKeys: keys, EeResults: results, Join: joins}
 	if a.att != nil {
 		if err := a.att.evidence(req, nonce, a.keyHash); err != nil {
 			return nil, fmt.Errorf("quote: %w", err)
@@ -574,6 +590,11 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 	if tm, ok := a.cfg.EEs.(trustMarker); ok {
 		for _, v := range resp.Msg.GetVerdicts() {
 			ee := v.GetMember().GetEe()
+			if op, ok := a.cfg.EEs.(eeOperator); ok {
+				if _, here := op.EEConfig(ee); !here {
+					continue // it left the node (removed, migrated away)
+				}
+			}
 			if v.GetStatus() == tvdv1.Status_STATUS_VERIFIED && !a.trusted[ee] {
 				a.trusted[ee] = true
 				go func() {
@@ -585,6 +606,7 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 		}
 	}
 	a.pendingAcks = a.pendingAcks[len(acks):]
+	a.eeResults, a.joins = a.eeResults[len(results):], a.joins[len(joins):]
 	a.lastContact = a.now()
 	return resp.Msg, nil
 }

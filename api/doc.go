@@ -3,8 +3,10 @@
 //
 //   - gen/tvd/v1 (package tvdv1): the messages;
 //   - gen/tvd/v1/tvdv1connect (package tvdv1connect): Connect handlers and
-//     clients for AgentService (node agent ↔ controller) and AdminService
-//     (administrators and auditors ↔ controller).
+//     clients for AgentService (node agent ↔ controller), AdminService
+//     (administrators and auditors ↔ controller), EEService (tvd ee:
+//     administrators drive EEs) and EEAgentService (agents carry migration
+//     archives).
 //
 // This package itself converts between the vocabulary of package tvd and
 // the wire types (MemberToProto, StatusFromProto, ...). Unknown wire values

@@ -58,6 +58,6 @@ and reacts to violations; a tamper-evident log records what happened.`,
 	pol.AddCommand(policyApplyCmd(&c), policyHistoryCmd(&c))
 	adm := newAdminCmd(&c)
 	adm.AddCommand(adminLoginCmd(&c))
-	root.AddCommand(pol, newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c), adm, newRevokeCmd(&c), newAuditCmd(&c), newReportCmd(&c), NewLabCmd(), newImageCmd())
+	root.AddCommand(pol, newStatusCmd(&c), newNodesCmd(&c), newMembersCmd(&c), adm, newRevokeCmd(&c), newAuditCmd(&c), newReportCmd(&c), NewLabCmd(), newImageCmd(), newEECmd(&c))
 	return root
 }

@@ -459,6 +459,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	var ops []store.Op
 	var entries []audit.Entry
 	var changed []*memberRec
+	var eeOps []*eeOpRec
 	if len(r.GetJoin()) > 0 {
 		admitted, refused, es, err := c.admitAll(ctx, &upd, r.GetJoin(), now)
 		if err != nil {
@@ -468,6 +469,9 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		changed = append(changed, refused...)
 		entries = append(entries, es...)
 		wakeAll = wakeAll || len(admitted) > 0
+		mops, mes := c.migrationsAdmitted(n.Name, append(admitted, refused...), now)
+		eeOps = append(eeOps, mops...)
+		entries = append(entries, mes...)
 	}
 	// An implicit-assurance member's verdict rests on its node reporting in
 	// time; TPM evidence adds to it once attestation is enabled.
@@ -525,6 +529,33 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		changed = append(changed, &cp)
 		resp.Verdicts = append(resp.Verdicts, &tvdv1.Verdict{Member: api.MemberToProto(cp.member()), Status: api.StatusToProto(cp.Status), Reason: cp.StatusReason, VerifiedAt: timestamppb.New(now)})
 	}
+	// EE states and the outcomes of EE operations (tvd ee), on top of the
+	// verdicts above.
+	latest := func(ee string) *memberRec {
+		for i := len(changed) - 1; i >= 0; i-- {
+			if changed[i].EE == ee {
+				return changed[i]
+			}
+		}
+		return c.s.members[ee]
+	}
+	rops, rmembers, rentries, rwake := c.eeReport(ctx, &upd, r, now, latest)
+	eeOps = append(rops, eeOps...)
+	changed = append(changed, rmembers...)
+	entries = append(entries, rentries...)
+	if len(rwake) > 0 {
+		wakeAll = true
+	}
+	// A record changed twice in this report is written once, as it ends.
+	changed = lastOf(changed, func(m *memberRec) string { return m.EE })
+	eeOps = lastOf(eeOps, func(o *eeOpRec) string { return o.ID })
+	for _, o := range eeOps {
+		op, err := putJSON(prefixEEOps+o.ID, o)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, op)
+	}
 	op, err := putJSON(prefixNodes+n.Name, &upd)
 	if err != nil {
 		return nil, err
@@ -543,6 +574,9 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	c.s.nodes[n.Name] = &upd
 	for _, m := range changed {
 		c.s.put(m)
+	}
+	for _, o := range eeOps {
+		c.s.ops[o.ID] = o
 	}
 	for _, e := range entries {
 		c.record(ctx, e)
@@ -689,4 +723,19 @@ func (a *agentService) Leave(ctx context.Context, req *connect.Request[tvdv1.Lea
 		_, v = c.planFor(n.Name)
 	}
 	return connect.NewResponse(&tvdv1.LeaveResponse{PlanVersion: v}), nil
+}
+
+// lastOf keeps the last of the elements of s with the same key, in the
+// order of their last occurrence.
+func lastOf[T any](s []T, key func(T) string) []T {
+	seen := map[string]bool{}
+	var out []T
+	for i := len(s) - 1; i >= 0; i-- {
+		if k := key(s[i]); !seen[k] {
+			seen[k] = true
+			out = append(out, s[i])
+		}
+	}
+	slices.Reverse(out)
+	return out
 }

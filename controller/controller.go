@@ -364,6 +364,9 @@ func (c *Controller) Handler() http.Handler {
 	opts := []connect.HandlerOption{connect.WithReadMaxBytes(maxRequestBytes)}
 	mux.Handle(tvdv1connect.NewAgentServiceHandler(&agentService{c}, opts...))
 	mux.Handle(tvdv1connect.NewAdminServiceHandler(&adminService{c}, opts...))
+	mux.Handle(tvdv1connect.NewEEServiceHandler(&eeService{c}, opts...))
+	// Migration archives are bigger than any other request.
+	mux.Handle(tvdv1connect.NewEEAgentServiceHandler(&eeAgentService{c}, connect.WithReadMaxBytes(maxArchiveBytes+1<<20)))
 	mux.Handle(web.Prefix, c.WebHandler())
 	return c.identify(mux)
 }

@@ -228,6 +228,8 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			p.Instructions = append(p.Instructions, &tvdv1.Instruction{Id: in.ID, Reaction: r, Member: api.MemberToProto(m.member()), Reason: in.Reason, IssuedAt: timestamppb.New(in.IssuedAt)})
 		}
 	}
+	// EE operations an administrator asked for (tvd ee).
+	p.EeOperations = c.pendingOps(node)
 	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(p)
 	h := sha256.Sum256(b)
 	if s.planHash[node] != h || s.planVer[node] == 0 {

@@ -42,6 +42,8 @@ type nodeRec struct {
 	Domains      map[string]domainState `json:"domains,omitempty"`
 	ChannelKeys  map[string]channelKey  `json:"channelKeys,omitempty"`
 	Left         bool                   `json:"left,omitempty"`
+	// EEs are the node's EEs as its agent last reported them.
+	EEs []eeSeen `json:"ees,omitempty"`
 	// TPM-assured nodes: the verifier's state (attest.NodeState) and what
 	// the EK certificate established.
 	AttestState []byte `json:"attestState,omitempty"`
@@ -152,6 +154,8 @@ type state struct {
 	epoch    uint64
 	planVer  map[string]uint64
 	planHash map[string][32]byte
+	// ops are the EE operations (tvd ee), by id.
+	ops map[string]*eeOpRec
 }
 
 func newState() *state {
@@ -161,6 +165,7 @@ func newState() *state {
 		byNode:   map[string]map[string]*memberRec{},
 		planVer:  map[string]uint64{},
 		planHash: map[string][32]byte{},
+		ops:      map[string]*eeOpRec{},
 	}
 }
 
@@ -205,6 +210,9 @@ func load(ctx context.Context, st store.Store) (*state, error) {
 		s.put(&m)
 		return nil
 	}); err != nil {
+		return nil, err
+	}
+	if err := loadOps(ctx, st, s); err != nil {
 		return nil, err
 	}
 	var current []policy.File // only the newest version is compiled
@@ -254,7 +262,7 @@ func (s *state) allocAddress(d *policy.DomainPolicy, reserved map[string]bool) (
 		used[a] = true
 	}
 	for _, m := range s.members {
-		if m.Domain == d.Name && m.Address != "" && (m.active() || m.State == memberRevoked) {
+		if m.Domain == d.Name && m.Address != "" && (m.active() || m.State == memberRevoked || m.State == memberMigrating) {
 			used[m.Address] = true
 		}
 	}

@@ -4,7 +4,10 @@
 // puts each EE's root under the EE Monitor (ee/monitor), reports every
 // measured exec to the agent, and carries out the controller's reactions
 // on EEs: freeze (cgroup freezer) and rollback (restore the last trusted
-// snapshot, restart, re-measure).
+// snapshot, restart, re-measure). It also carries out the operations an
+// administrator drives through the controller (tvd ee, see ops.go): create
+// an EE at run time (optionally restoring a migrated EE's archive before its
+// first exec), start, stop, freeze, thaw, snapshot, restore, logs, remove.
 //
 // # How an EE's execs reach the monitor
 //

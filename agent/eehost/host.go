@@ -259,7 +259,7 @@ func (h *Host) sink(ev monitor.Event) {
 func (h *Host) Start(ctx context.Context, ees []agent.EEConfig) error {
 	var errs []error
 	for _, e := range ees {
-		if err := h.startOne(ctx, e); err != nil {
+		if err := h.startOne(ctx, e, nil); err != nil {
 			h.log.ErrorContext(ctx, "ee not started", "ee", e.Name, "err", err)
 			errs = append(errs, fmt.Errorf("ee %s: %w", e.Name, err))
 		}
@@ -267,7 +267,7 @@ func (h *Host) Start(ctx context.Context, ees []agent.EEConfig) error {
 	return errors.Join(errs...)
 }
 
-func (h *Host) startOne(ctx context.Context, e agent.EEConfig) error {
+func (h *Host) startOne(ctx context.Context, e agent.EEConfig, restore *ee.Snapshot) error {
 	if !ee.ValidName(e.Name) {
 		return fmt.Errorf("ee name %q: want 1-63 of [a-z0-9_.-]", e.Name)
 	}
@@ -289,7 +289,7 @@ func (h *Host) startOne(ctx context.Context, e agent.EEConfig) error {
 	h.order = append(h.order, e.Name)
 	h.mu.Unlock()
 	rec.op.Lock()
-	err := h.create(ctx, rec)
+	err := h.create(ctx, rec, restore)
 	rec.op.Unlock()
 	if err != nil {
 		h.mu.Lock()
@@ -299,10 +299,10 @@ func (h *Host) startOne(ctx context.Context, e agent.EEConfig) error {
 	return err
 }
 
-// create builds the EE's filesystem, creates the EE, watches it, takes
-// the first trusted snapshot (the image as it is), measures the image and
-// starts the workload.
-func (h *Host) create(ctx context.Context, rec *eeRec) error {
+// create builds the EE's filesystem, creates the EE, watches it, restores
+// the snapshot restore if there is one (a migrated EE), takes the first
+// trusted snapshot, measures the image and starts the workload.
+func (h *Host) create(ctx context.Context, rec *eeRec, restore *ee.Snapshot) error {
 	img, err := h.resolve(rec.cfg.Image)
 	if err != nil {
 		return err
@@ -311,7 +311,9 @@ func (h *Host) create(ctx context.Context, rec *eeRec) error {
 	if err != nil {
 		return err
 	}
+	h.mu.Lock() // Status reads it while EEs are created at run time (tvd ee)
 	rec.img = img
+	h.mu.Unlock()
 	cmd := DefaultCommand
 	if h.cfg.Command != nil {
 		if c := h.cfg.Command(rec.cfg); len(c) > 0 {
@@ -340,6 +342,14 @@ func (h *Host) create(ctx context.Context, rec *eeRec) error {
 		h.mu.Lock()
 		rec.watched = true
 		h.mu.Unlock()
+	}
+	if restore != nil {
+		if h.snap == nil {
+			return errors.New("the ee driver cannot restore snapshots")
+		}
+		if err := h.snap.Restore(ctx, rec.name, *restore); err != nil {
+			return err
+		}
 	}
 	if h.snap != nil {
 		if err := h.snapshot(ctx, rec); err != nil {
@@ -627,19 +637,19 @@ func (h *Host) NetNS(name string) (string, bool) {
 func (h *Host) Status() []*tvdv1.EEStatus {
 	h.mu.Lock()
 	type item struct {
-		name, digest string
-		failed       error
-		created      bool
+		name, digest, domain, role string
+		failed                     error
+		created                    bool
 	}
 	items := make([]item, 0, len(h.order))
 	for _, n := range h.order {
 		r := h.ees[n]
-		items = append(items, item{n, r.img.Digest, r.failed, r.created})
+		items = append(items, item{n, r.img.Digest, r.cfg.Domain, r.cfg.Role, r.failed, r.created})
 	}
 	h.mu.Unlock()
 	out := make([]*tvdv1.EEStatus, 0, len(items))
 	for _, it := range items {
-		s := &tvdv1.EEStatus{Name: it.name, ImageDigest: it.digest}
+		s := &tvdv1.EEStatus{Name: it.name, ImageDigest: it.digest, Isolation: h.Isolation(), Domain: it.domain, Role: it.role}
 		switch {
 		case it.failed != nil:
 			s.State, s.Error = tvdv1.EEState_EE_STATE_FAILED, it.failed.Error()

@@ -30,7 +30,10 @@ type Client struct {
 	URL   string
 	Admin tvdv1connect.AdminServiceClient
 	Agent tvdv1connect.AgentServiceClient
-	HTTP  *http.Client
+	// EE drives EEs (admins); EEAgent carries migration archives (agents).
+	EE      tvdv1connect.EEServiceClient
+	EEAgent tvdv1connect.EEAgentServiceClient
+	HTTP    *http.Client
 }
 
 // New returns a client for the controller at rawURL ("https://host:port")
@@ -56,10 +59,12 @@ func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
 	tr.Protocols.SetHTTP2(true)
 	hc := &http.Client{Transport: tr}
 	return &Client{
-		URL:   base,
-		Admin: tvdv1connect.NewAdminServiceClient(hc, base),
-		Agent: tvdv1connect.NewAgentServiceClient(hc, base),
-		HTTP:  hc,
+		URL:     base,
+		Admin:   tvdv1connect.NewAdminServiceClient(hc, base),
+		Agent:   tvdv1connect.NewAgentServiceClient(hc, base),
+		EE:      tvdv1connect.NewEEServiceClient(hc, base),
+		EEAgent: tvdv1connect.NewEEAgentServiceClient(hc, base),
+		HTTP:    hc,
 	}, nil
 }
 

@@ -898,6 +898,9 @@ type Plan struct {
 	Cursor *AttestCursor `protobuf:"bytes,12,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// Routes that carry via-gateway flows through their gateways.
 	GatewayRoutes []*GatewayRoute `protobuf:"bytes,60,rep,name=gateway_routes,json=gatewayRoutes,proto3" json:"gateway_routes,omitempty"`
+	// EE operations an administrator asked for (EEService, ee.proto),
+	// each to be carried out once and reported in ReportRequest.ee_results.
+	EeOperations  []*EEOperationRequest `protobuf:"bytes,40,rep,name=ee_operations,json=eeOperations,proto3" json:"ee_operations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1019,6 +1022,13 @@ func (x *Plan) GetCursor() *AttestCursor {
 func (x *Plan) GetGatewayRoutes() []*GatewayRoute {
 	if x != nil {
 		return x.GatewayRoutes
+	}
+	return nil
+}
+
+func (x *Plan) GetEeOperations() []*EEOperationRequest {
+	if x != nil {
+		return x.EeOperations
 	}
 	return nil
 }
@@ -1812,7 +1822,13 @@ type EEStatus struct {
 	// The digest of the image it runs.
 	ImageDigest string `protobuf:"bytes,3,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	// What went wrong, if state is EE_STATE_FAILED.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// How strongly the node's driver isolates it: "strong" or "weak".
+	Isolation string `protobuf:"bytes,40,opt,name=isolation,proto3" json:"isolation,omitempty"`
+	// The domain it belongs to or asks for.
+	Domain string `protobuf:"bytes,41,opt,name=domain,proto3" json:"domain,omitempty"`
+	// Its role there.
+	Role          string `protobuf:"bytes,42,opt,name=role,proto3" json:"role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1871,6 +1887,27 @@ func (x *EEStatus) GetImageDigest() string {
 func (x *EEStatus) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *EEStatus) GetIsolation() string {
+	if x != nil {
+		return x.Isolation
+	}
+	return ""
+}
+
+func (x *EEStatus) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *EEStatus) GetRole() string {
+	if x != nil {
+		return x.Role
 	}
 	return ""
 }
@@ -2176,7 +2213,9 @@ type ReportRequest struct {
 	// The node's current WireGuard keys, one per domain it has members in.
 	ChannelKeys []*ChannelKey `protobuf:"bytes,9,rep,name=channel_keys,json=channelKeys,proto3" json:"channel_keys,omitempty"`
 	// EEs started since enrolment that ask to join a domain.
-	Join          []*EESpec `protobuf:"bytes,10,rep,name=join,proto3" json:"join,omitempty"`
+	Join []*EESpec `protobuf:"bytes,10,rep,name=join,proto3" json:"join,omitempty"`
+	// The outcomes of the EE operations carried out since the last report.
+	EeResults     []*EEOperationResult `protobuf:"bytes,40,rep,name=ee_results,json=eeResults,proto3" json:"ee_results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2277,6 +2316,13 @@ func (x *ReportRequest) GetChannelKeys() []*ChannelKey {
 func (x *ReportRequest) GetJoin() []*EESpec {
 	if x != nil {
 		return x.Join
+	}
+	return nil
+}
+
+func (x *ReportRequest) GetEeResults() []*EEOperationResult {
+	if x != nil {
+		return x.EeResults
 	}
 	return nil
 }
@@ -2655,7 +2701,7 @@ var File_tvd_v1_agent_proto protoreflect.FileDescriptor
 
 const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x12tvd/v1/agent.proto\x12\x06tvd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tvd/v1/types.proto\"\x82\x02\n" +
+	"\x12tvd/v1/agent.proto\x12\x06tvd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12tvd/v1/eeops.proto\x1a\x12tvd/v1/types.proto\"\x82\x02\n" +
 	"\x06EESpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fimage_digest\x18\x02 \x01(\tR\vimageDigest\x12\x16\n" +
@@ -2706,7 +2752,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12*\n" +
 	"\x11last_plan_version\x18\x02 \x01(\x04R\x0flastPlanVersion\"1\n" +
 	"\rWatchResponse\x12 \n" +
-	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xe8\x04\n" +
+	"\x04plan\x18\x01 \x01(\v2\f.tvd.v1.PlanR\x04plan\"\xa9\x05\n" +
 	"\x04Plan\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0epolicy_version\x18\x02 \x01(\x04R\rpolicyVersion\x12,\n" +
@@ -2725,7 +2771,8 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"freshUntil\x12,\n" +
 	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\x12,\n" +
 	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\x12;\n" +
-	"\x0egateway_routes\x18< \x03(\v2\x14.tvd.v1.GatewayRouteR\rgatewayRoutes\"\xb2\x01\n" +
+	"\x0egateway_routes\x18< \x03(\v2\x14.tvd.v1.GatewayRouteR\rgatewayRoutes\x12?\n" +
+	"\ree_operations\x18( \x03(\v2\x1a.tvd.v1.EEOperationRequestR\feeOperations\"\xb2\x01\n" +
 	"\n" +
 	"PlanMember\x12&\n" +
 	"\x06member\x18\x01 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x1d\n" +
@@ -2782,12 +2829,15 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\bPCRValue\x12\x19\n" +
 	"\bhash_alg\x18\x01 \x01(\rR\ahashAlg\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x03 \x01(\fR\x06digest\"~\n" +
+	"\x06digest\x18\x03 \x01(\fR\x06digest\"\xc8\x01\n" +
 	"\bEEStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x0f.tvd.v1.EEStateR\x05state\x12!\n" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x8f\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1c\n" +
+	"\tisolation\x18( \x01(\tR\tisolation\x12\x16\n" +
+	"\x06domain\x18) \x01(\tR\x06domain\x12\x12\n" +
+	"\x04role\x18* \x01(\tR\x04role\"\x8f\x01\n" +
 	"\tDomainAck\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12.\n" +
 	"\achannel\x18\x02 \x01(\x0e2\x14.tvd.v1.ChannelStateR\achannel\x12$\n" +
@@ -2807,7 +2857,7 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"ChannelKey\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x120\n" +
 	"\x14wireguard_public_key\x18\x02 \x01(\fR\x12wireguardPublicKey\x12\x1a\n" +
-	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xe8\x02\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\"\xa2\x03\n" +
 	"\rReportRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12#\n" +
@@ -2819,7 +2869,9 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x04acks\x18\b \x03(\v2\x0f.tvd.v1.PlanAckR\x04acks\x125\n" +
 	"\fchannel_keys\x18\t \x03(\v2\x12.tvd.v1.ChannelKeyR\vchannelKeys\x12\"\n" +
 	"\x04join\x18\n" +
-	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\"`\n" +
+	" \x03(\v2\x0e.tvd.v1.EESpecR\x04join\x128\n" +
+	"\n" +
+	"ee_results\x18( \x03(\v2\x19.tvd.v1.EEOperationResultR\teeResults\"`\n" +
 	"\fAttestCursor\x12\x1f\n" +
 	"\vreset_count\x18\x01 \x01(\rR\n" +
 	"resetCount\x12\x19\n" +
@@ -2919,9 +2971,11 @@ var file_tvd_v1_agent_proto_goTypes = []any{
 	nil,                                // 36: tvd.v1.EESpec.ClaimsEntry
 	(*timestamppb.Timestamp)(nil),      // 37: google.protobuf.Timestamp
 	(Assurance)(0),                     // 38: tvd.v1.Assurance
-	(*Member)(nil),                     // 39: tvd.v1.Member
-	(Reaction)(0),                      // 40: tvd.v1.Reaction
-	(*Verdict)(nil),                    // 41: tvd.v1.Verdict
+	(*EEOperationRequest)(nil),         // 39: tvd.v1.EEOperationRequest
+	(*Member)(nil),                     // 40: tvd.v1.Member
+	(Reaction)(0),                      // 41: tvd.v1.Reaction
+	(*EEOperationResult)(nil),          // 42: tvd.v1.EEOperationResult
+	(*Verdict)(nil),                    // 43: tvd.v1.Verdict
 }
 var file_tvd_v1_agent_proto_depIdxs = []int32{
 	36, // 0: tvd.v1.EESpec.claims:type_name -> tvd.v1.EESpec.ClaimsEntry
@@ -2943,48 +2997,50 @@ var file_tvd_v1_agent_proto_depIdxs = []int32{
 	37, // 16: tvd.v1.Plan.fresh_until:type_name -> google.protobuf.Timestamp
 	30, // 17: tvd.v1.Plan.cursor:type_name -> tvd.v1.AttestCursor
 	17, // 18: tvd.v1.Plan.gateway_routes:type_name -> tvd.v1.GatewayRoute
-	39, // 19: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
-	37, // 20: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
-	15, // 21: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
-	16, // 22: tvd.v1.Peer.reach:type_name -> tvd.v1.GatewayReach
-	18, // 23: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
-	39, // 24: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
-	40, // 25: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
-	39, // 26: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
-	37, // 27: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
-	0,  // 28: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
-	1,  // 29: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
-	37, // 30: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
-	25, // 31: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
-	26, // 32: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
-	22, // 33: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
-	23, // 34: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
-	24, // 35: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
-	27, // 36: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
-	28, // 37: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
-	2,  // 38: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
-	41, // 39: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
-	37, // 40: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
-	30, // 41: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
-	39, // 42: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
-	37, // 43: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
-	4,  // 44: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
-	8,  // 45: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
-	10, // 46: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
-	29, // 47: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
-	32, // 48: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
-	34, // 49: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
-	7,  // 50: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
-	9,  // 51: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
-	11, // 52: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
-	31, // 53: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
-	33, // 54: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
-	35, // 55: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
-	50, // [50:56] is the sub-list for method output_type
-	44, // [44:50] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	39, // 19: tvd.v1.Plan.ee_operations:type_name -> tvd.v1.EEOperationRequest
+	40, // 20: tvd.v1.PlanMember.member:type_name -> tvd.v1.Member
+	37, // 21: tvd.v1.PlanMember.expires:type_name -> google.protobuf.Timestamp
+	15, // 22: tvd.v1.DomainPeers.peers:type_name -> tvd.v1.Peer
+	16, // 23: tvd.v1.Peer.reach:type_name -> tvd.v1.GatewayReach
+	18, // 24: tvd.v1.FlowPlan.classes:type_name -> tvd.v1.ClassSet
+	40, // 25: tvd.v1.QuarantinedMember.member:type_name -> tvd.v1.Member
+	41, // 26: tvd.v1.Instruction.reaction:type_name -> tvd.v1.Reaction
+	40, // 27: tvd.v1.Instruction.member:type_name -> tvd.v1.Member
+	37, // 28: tvd.v1.Instruction.issued_at:type_name -> google.protobuf.Timestamp
+	0,  // 29: tvd.v1.EEStatus.state:type_name -> tvd.v1.EEState
+	1,  // 30: tvd.v1.DomainAck.channel:type_name -> tvd.v1.ChannelState
+	37, // 31: tvd.v1.PlanAck.applied_at:type_name -> google.protobuf.Timestamp
+	25, // 32: tvd.v1.PlanAck.domains:type_name -> tvd.v1.DomainAck
+	26, // 33: tvd.v1.PlanAck.instructions:type_name -> tvd.v1.InstructionAck
+	22, // 34: tvd.v1.ReportRequest.quote:type_name -> tvd.v1.Quote
+	23, // 35: tvd.v1.ReportRequest.pcrs:type_name -> tvd.v1.PCRValue
+	24, // 36: tvd.v1.ReportRequest.ees:type_name -> tvd.v1.EEStatus
+	27, // 37: tvd.v1.ReportRequest.acks:type_name -> tvd.v1.PlanAck
+	28, // 38: tvd.v1.ReportRequest.channel_keys:type_name -> tvd.v1.ChannelKey
+	2,  // 39: tvd.v1.ReportRequest.join:type_name -> tvd.v1.EESpec
+	42, // 40: tvd.v1.ReportRequest.ee_results:type_name -> tvd.v1.EEOperationResult
+	43, // 41: tvd.v1.ReportResponse.verdicts:type_name -> tvd.v1.Verdict
+	37, // 42: tvd.v1.ReportResponse.next_report_by:type_name -> google.protobuf.Timestamp
+	30, // 43: tvd.v1.ReportResponse.cursor:type_name -> tvd.v1.AttestCursor
+	40, // 44: tvd.v1.RenewMemberRequest.member:type_name -> tvd.v1.Member
+	37, // 45: tvd.v1.RenewMemberResponse.expires:type_name -> google.protobuf.Timestamp
+	4,  // 46: tvd.v1.AgentService.Enroll:input_type -> tvd.v1.EnrollRequest
+	8,  // 47: tvd.v1.AgentService.ActivateCredential:input_type -> tvd.v1.ActivateCredentialRequest
+	10, // 48: tvd.v1.AgentService.Watch:input_type -> tvd.v1.WatchRequest
+	29, // 49: tvd.v1.AgentService.Report:input_type -> tvd.v1.ReportRequest
+	32, // 50: tvd.v1.AgentService.RenewMember:input_type -> tvd.v1.RenewMemberRequest
+	34, // 51: tvd.v1.AgentService.Leave:input_type -> tvd.v1.LeaveRequest
+	7,  // 52: tvd.v1.AgentService.Enroll:output_type -> tvd.v1.EnrollResponse
+	9,  // 53: tvd.v1.AgentService.ActivateCredential:output_type -> tvd.v1.ActivateCredentialResponse
+	11, // 54: tvd.v1.AgentService.Watch:output_type -> tvd.v1.WatchResponse
+	31, // 55: tvd.v1.AgentService.Report:output_type -> tvd.v1.ReportResponse
+	33, // 56: tvd.v1.AgentService.RenewMember:output_type -> tvd.v1.RenewMemberResponse
+	35, // 57: tvd.v1.AgentService.Leave:output_type -> tvd.v1.LeaveResponse
+	52, // [52:58] is the sub-list for method output_type
+	46, // [46:52] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_tvd_v1_agent_proto_init() }
@@ -2992,6 +3048,7 @@ func file_tvd_v1_agent_proto_init() {
 	if File_tvd_v1_agent_proto != nil {
 		return
 	}
+	file_tvd_v1_eeops_proto_init()
 	file_tvd_v1_types_proto_init()
 	file_tvd_v1_agent_proto_msgTypes[2].OneofWrappers = []any{
 		(*EnrollRequest_Tpm)(nil),
