@@ -43,7 +43,8 @@ const Version = "0.1.0"
 
 // Config configures an Agent.
 type Config struct {
-	// Controller is the controller's URL, https://HOST:PORT.
+	// Controller is the controller's URL, https://HOST:PORT, or several
+	// replicas' URLs separated by commas (see api/client.New).
 	Controller string
 	// DataDir holds the node's keys, certificates and last plan.
 	DataDir string

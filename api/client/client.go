@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/tvd-dev/tvd/api/gen/tvd/v1/tvdv1connect"
@@ -37,35 +38,116 @@ type Client struct {
 }
 
 // New returns a client for the controller at rawURL ("https://host:port")
-// using tlsConf.
+// using tlsConf. rawURL may list several replicas, separated by commas
+// ("https://a:7443,https://b:7443"): requests go to the one that answered
+// last, and move to the next when a replica cannot be reached or answers
+// 503 (a standby). A request whose body cannot be sent again (a stream)
+// is not retried on the next replica; the caller's next attempt goes
+// there.
 func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
-	u, err := url.Parse(strings.TrimSpace(rawURL))
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("controller URL %q: want https://HOST:PORT", rawURL)
+	hosts, err := parseURLs(rawURL)
+	if err != nil {
+		return nil, err
 	}
-	base := u.Scheme + "://" + u.Host
-	if tlsConf.ServerName == "" {
+	if tlsConf.ServerName == "" && len(hosts) == 1 {
 		tlsConf = tlsConf.Clone()
-		host := u.Hostname()
-		tlsConf.ServerName = host
+		h, _, err := net.SplitHostPort(hosts[0])
+		if err != nil {
+			h = hosts[0]
+		}
+		tlsConf.ServerName = h
 	}
 	// HTTP/2 only: plan streams and reports share one connection, and
 	// pings find a dead controller within 20s.
 	tr := &http.Transport{
-		TLSClientConfig: tlsConf,
-		HTTP2:           &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
-		Protocols:       new(http.Protocols),
+		TLSClientConfig:     tlsConf,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 10 * time.Second,
+		HTTP2:               &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
+		Protocols:           new(http.Protocols),
 	}
 	tr.Protocols.SetHTTP2(true)
-	hc := &http.Client{Transport: tr}
+	var rt http.RoundTripper = tr
+	if len(hosts) > 1 {
+		rt = &failover{hosts: hosts, next: tr}
+	}
+	hc := &http.Client{Transport: rt}
+	base := "https://" + hosts[0]
+	urls := make([]string, len(hosts))
+	for i, h := range hosts {
+		urls[i] = "https://" + h
+	}
 	return &Client{
-		URL:     base,
+		URL:     strings.Join(urls, ","),
 		Admin:   tvdv1connect.NewAdminServiceClient(hc, base),
 		Agent:   tvdv1connect.NewAgentServiceClient(hc, base),
 		EE:      tvdv1connect.NewEEServiceClient(hc, base),
 		EEAgent: tvdv1connect.NewEEAgentServiceClient(hc, base),
 		HTTP:    hc,
 	}, nil
+}
+
+// parseURLs splits a comma-separated list of controller URLs into their
+// host:port parts.
+func parseURLs(raw string) ([]string, error) {
+	var hosts []string
+	for _, part := range strings.Split(raw, ",") {
+		part = strings.TrimSpace(part)
+		u, err := url.Parse(part)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return nil, fmt.Errorf("controller URL %q: want https://HOST:PORT, or several separated by commas", part)
+		}
+		hosts = append(hosts, u.Host)
+	}
+	return hosts, nil
+}
+
+// failover sends each request to the replica that answered last, and on
+// to the next when it cannot be reached or answers 503.
+type failover struct {
+	hosts []string
+	cur   atomic.Int32
+	next  http.RoundTripper
+}
+
+func (f *failover) RoundTrip(req *http.Request) (*http.Response, error) {
+	n := len(f.hosts)
+	start := int(f.cur.Load())
+	var errs []error
+	for i := 0; i < n; i++ {
+		idx := (start + i) % n
+		r := req.Clone(req.Context())
+		r.URL.Host, r.Host = f.hosts[idx], f.hosts[idx]
+		if i > 0 {
+			if req.Body != nil && req.Body != http.NoBody {
+				if req.GetBody == nil {
+					break // a stream: the caller tries again
+				}
+				b, err := req.GetBody()
+				if err != nil {
+					break
+				}
+				r.Body = b
+			}
+		}
+		resp, err := f.next.RoundTrip(r)
+		if err == nil && resp.StatusCode != http.StatusServiceUnavailable {
+			f.cur.Store(int32(idx))
+			return resp, nil
+		}
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("%s answered 503 (a standby replica)", f.hosts[idx])
+		}
+		errs = append(errs, err)
+		// The next request starts at the next replica, unless another
+		// request already found one that answers.
+		f.cur.CompareAndSwap(int32(idx), int32((idx+1)%n))
+		if req.Context().Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("no controller replica answered: %w", errors.Join(errs...))
 }
 
 // Credentials is an admin's or a node's TLS identity and the deployment
@@ -117,12 +199,18 @@ func Dial(creds *Credentials, rawURL string) (*Client, error) {
 	if rawURL == "" {
 		return nil, errors.New("no controller URL: pass --controller https://HOST:PORT or set TVD_CONTROLLER")
 	}
-	u, err := url.Parse(rawURL)
+	hosts, err := parseURLs(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("controller URL %q: %w", rawURL, err)
+		return nil, err
+	}
+	server := ""
+	if len(hosts) == 1 {
+		if server, _, err = net.SplitHostPort(hosts[0]); err != nil {
+			server = hosts[0]
+		}
 	}
 	cert := creds.Cert
-	return New(rawURL, creds.Bundle.ClientTLSConfig(&cert, u.Hostname()))
+	return New(rawURL, creds.Bundle.ClientTLSConfig(&cert, server))
 }
 
 // PinnedTLS returns a TLS configuration for a client that does not hold the

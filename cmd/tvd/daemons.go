@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -35,7 +37,7 @@ func newLogger(cmd *cobra.Command, level string) (*slog.Logger, error) {
 func newControllerCmd() *cobra.Command {
 	var data, listen, storeURL, trustDomain, logLevel, ekCA string
 	var hosts []string
-	var memberTTL time.Duration
+	var memberTTL, electionTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "controller",
 		Short: "Run the domain controller",
@@ -88,15 +90,50 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 				}
 			}
 			ctx := cmd.Context()
-			c, err := controller.New(ctx, controller.Config{
+			cfg := controller.Config{
 				DataDir: data, Store: st, Listen: listen, Hosts: hosts, TrustDomain: trustDomain,
 				MemberTTL: memberTTL, Logger: log, Out: cmd.OutOrStdout(), EKRoots: ekRoots,
-			})
+			}
+			var lost <-chan struct{}
+			if es, ok := st.(*etcd.Store); ok {
+				// Replicas share the store: one leads and serves, the others
+				// stand by (not listening, so agents and admins fail over to
+				// the leader) until the leader's lease ends.
+				fmt.Fprintf(cmd.OutOrStdout(), "controller replica %s: standing by for the leadership (etcd election, lease %v)\n", listen, electionTTL)
+				lead, err := es.Campaign(ctx, "controller", listen, electionTTL)
+				if err != nil {
+					return err
+				}
+				defer lead.Resign(context.WithoutCancel(ctx))
+				fmt.Fprintf(cmd.OutOrStdout(), "controller replica %s: leading\n", listen)
+				lost = lead.Lost
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				defer cancel()
+				go func() {
+					select {
+					case <-lost:
+						log.Error("leadership lost: stopping this replica (its writes are fenced already)")
+						cancel()
+					case <-ctx.Done():
+					}
+				}()
+				cfg.SharedStore = true
+			}
+			c, err := controller.New(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			return c.Run(ctx)
+			err = c.Run(ctx)
+			select {
+			case <-lost:
+				if cmd.Context().Err() == nil {
+					return errors.New("lost the leadership; start again to stand by")
+				}
+			default:
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -107,6 +144,7 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 	f.StringVar(&trustDomain, "trust-domain", controller.DefaultTrustDomain, "SPIFFE trust domain, fixed on first start")
 	f.StringSliceVar(&hosts, "host", nil, "extra `NAME` or address for the server certificate (repeatable)")
 	f.DurationVar(&memberTTL, "member-ttl", controller.DefaultMemberTTL, "lifetime of member certificates")
+	f.DurationVar(&electionTTL, "election-ttl", 3*time.Second, "with an etcd store: lease of the leading replica (a dead leader is replaced within about this long)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -194,7 +232,7 @@ report continuously and renew member certificates while they are in good standin
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&ctrl, "controller", "", "controller `URL` (https://HOST:PORT); default $TVD_CONTROLLER")
+	f.StringVar(&ctrl, "controller", "", "controller `URL` (https://HOST:PORT), or the replicas' URLs separated by commas (the agent fails over between them); default $TVD_CONTROLLER")
 	f.StringVar(&data, "data", "", "agent state `DIR`: keys, certificates, last plan")
 	f.StringVar(&token, "join-token", "", "one-time join `TOKEN` from tvd admin token (first start only)")
 	f.StringVar(&config, "config", "", "node configuration `FILE`: node name and EEs")
