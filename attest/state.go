@@ -31,6 +31,14 @@ type NodeState struct {
 	values        [][32]byte
 }
 
+// Clone returns a deep copy of st, to appraise on while others read st.
+func (st *NodeState) Clone() *NodeState {
+	c := *st
+	c.pcrs = slices.Clone(st.pcrs)
+	c.values = slices.Clone(st.values)
+	return &c
+}
+
 // AK returns the node's enrolled attestation key.
 func (st *NodeState) AK() *AK { return st.ak }
 

@@ -396,6 +396,10 @@ func (a *agentService) Report(ctx context.Context, req *connect.Request[tvdv1.Re
 }
 
 func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1.ReportResponse, error) {
+	var pre *preAppraisal
+	if r.GetQuote() != nil {
+		pre = c.preAppraise(ctx, r)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n, err := c.requireNode(ctx, r.GetNode())
@@ -417,7 +421,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	var cursor *tvdv1.AttestCursor
 	if tpmNode {
 		var err error
-		violations, passed, cursor, err = c.appraise(ctx, n, &upd, r)
+		violations, passed, cursor, err = c.appraise(ctx, n, &upd, r, pre)
 		if err != nil {
 			return nil, c.refuse(ctx, "node/"+n.Name, "", err, nil)
 		}

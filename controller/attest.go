@@ -134,15 +134,65 @@ func (c *Controller) finishTPM(ctx context.Context, id string, secret []byte) (*
 // violate, with the reason, and those whose measurements passed; it
 // updates the node's attestation state in upd. It must be called with c.mu
 // held.
-func (c *Controller) appraise(ctx context.Context, n, upd *nodeRec, r *tvdv1.ReportRequest) (violations map[string]string, passed map[string][]string, cursor *tvdv1.AttestCursor, err error) {
+// preAppraisal is the costly part of appraising a TPM node's report (the
+// log decoded, the quote's signature verified, the log replayed), done by
+// preAppraise outside c.mu on a copy of the node's attestation state.
+type preAppraisal struct {
+	base []byte            // the state bytes the copy was taken from
+	st   *attest.NodeState // the state after the appraisal
+	res  *attest.Result
+	aerr error
+}
+
+// preAppraise appraises a TPM node's report outside c.mu, so that reports
+// of many nodes are appraised in parallel. It returns nil when the report
+// is not one it can take (not a TPM node, a caller that is not the node,
+// a stale nonce): report then does, or refuses, the whole work under
+// c.mu as before. appraise uses the result only if the node's state is
+// still the one copied.
+func (c *Controller) preAppraise(ctx context.Context, r *tvdv1.ReportRequest) *preAppraisal {
+	c.mu.Lock()
+	n, err := c.requireNode(ctx, r.GetNode())
+	if err != nil || n.Assurance != tvd.AssuranceTPM.String() {
+		c.mu.Unlock()
+		return nil
+	}
 	st, err := c.nodeState(n)
+	base, keyHex := n.AttestState, n.KeyHash
+	c.mu.Unlock()
+	if err != nil || !bytes.Equal(r.GetNonce(), st.Nonce()) {
+		return nil
+	}
+	// st may be the cached state others read under c.mu: appraise a copy.
+	// Its fields are read-only to everyone but the appraiser, which holds
+	// c.mu for the cached one.
+	c.mu.Lock()
+	st = st.Clone()
+	c.mu.Unlock()
+	ev, events, derr, err := evidenceOf(r)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("node %s attestation state: %w", n.Name, err)
+		return nil
 	}
-	if !bytes.Equal(r.GetNonce(), st.Nonce()) {
-		return nil, nil, nil, errPrecondition("report answers an old or unknown nonce (a replay?); reopen the plan stream for the current one")
+	ev.Events = events
+	var keyHash [32]byte
+	if b, err := hex.DecodeString(keyHex); err == nil && len(b) == 32 {
+		copy(keyHash[:], b)
 	}
-	ev := &attest.Evidence{FirstSeq: r.GetFirstEventSeq()}
+	c.att.mu.Lock()
+	v := c.att.verifier
+	c.att.mu.Unlock()
+	p := &preAppraisal{base: base, st: st}
+	if derr != nil {
+		p.aerr = fmt.Errorf("measurement log: %w", derr)
+	} else {
+		p.res, p.aerr = v.Appraise(st, ev, keyHash)
+	}
+	return p
+}
+
+// evidenceOf reads a report's quote, PCRs and log.
+func evidenceOf(r *tvdv1.ReportRequest) (ev *attest.Evidence, events []attest.Event, derr, err error) {
+	ev = &attest.Evidence{FirstSeq: r.GetFirstEventSeq()}
 	if q := r.GetQuote(); q != nil {
 		ev.Attest, ev.Signature = q.GetAttest(), q.GetSignature()
 	}
@@ -154,22 +204,42 @@ func (c *Controller) appraise(ctx context.Context, n, upd *nodeRec, r *tvdv1.Rep
 		copy(v[:], p.GetDigest())
 		ev.PCRs = append(ev.PCRs, attest.PCR{Index: int(p.GetIndex()), Value: v})
 	}
+	events, derr = attest.DecodeEvents(r.GetEvents(), attest.DefaultMaxEvents)
+	return ev, events, derr, nil
+}
+
+func (c *Controller) appraise(ctx context.Context, n, upd *nodeRec, r *tvdv1.ReportRequest, pre *preAppraisal) (violations map[string]string, passed map[string][]string, cursor *tvdv1.AttestCursor, err error) {
 	violations, passed = map[string]string{}, map[string][]string{}
-	events, derr := attest.DecodeEvents(r.GetEvents(), attest.DefaultMaxEvents)
-	ev.Events = events
-	var keyHash [32]byte
-	if b, err := hex.DecodeString(n.KeyHash); err == nil && len(b) == 32 {
-		copy(keyHash[:], b)
-	}
-	c.att.mu.Lock()
-	v := c.att.verifier
-	c.att.mu.Unlock()
+	var st *attest.NodeState
 	var res *attest.Result
 	var aerr error
-	if derr != nil {
-		aerr = fmt.Errorf("measurement log: %w", derr)
+	if pre != nil && bytes.Equal(pre.base, n.AttestState) {
+		// Appraised outside the lock against the state still in force.
+		st, res, aerr = pre.st, pre.res, pre.aerr
 	} else {
-		res, aerr = v.Appraise(st, ev, keyHash)
+		if st, err = c.nodeState(n); err != nil {
+			return nil, nil, nil, fmt.Errorf("node %s attestation state: %w", n.Name, err)
+		}
+		if !bytes.Equal(r.GetNonce(), st.Nonce()) {
+			return nil, nil, nil, errPrecondition("report answers an old or unknown nonce (a replay?); reopen the plan stream for the current one")
+		}
+		ev, events, derr, err := evidenceOf(r)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ev.Events = events
+		var keyHash [32]byte
+		if b, err := hex.DecodeString(n.KeyHash); err == nil && len(b) == 32 {
+			copy(keyHash[:], b)
+		}
+		c.att.mu.Lock()
+		v := c.att.verifier
+		c.att.mu.Unlock()
+		if derr != nil {
+			aerr = fmt.Errorf("measurement log: %w", derr)
+		} else {
+			res, aerr = v.Appraise(st, ev, keyHash)
+		}
 	}
 	// The nonce is spent whatever the outcome: store the new state. The
 	// cache holds it with its bytes; if the store refuses them, the node

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -160,6 +161,23 @@ func TestRevocationReachesEveryNode(t *testing.T) {
 			addr = m.GetOverlayAddress()
 		}
 	}
+	// Let the plans settle first (reports after start-up may still bring
+	// a push), so that the one push below is the revocation's.
+	settled := func() map[string]uint64 {
+		v := map[string]uint64{}
+		for n, a := range agents {
+			v[n] = a.Plan().GetVersion()
+		}
+		return v
+	}
+	prev := settled()
+	tvdtest.Eventually(t, 10*time.Second, "plans to settle", func() bool {
+		time.Sleep(400 * time.Millisecond)
+		cur := settled()
+		same := maps.Equal(prev, cur)
+		prev = cur
+		return same
+	})
 	before := map[string]uint64{}
 	for n, a := range agents {
 		p := a.Plan()
