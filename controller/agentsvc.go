@@ -401,17 +401,35 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		pre = c.preAppraise(ctx, r)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	n, err := c.requireNode(ctx, r.GetNode())
+	resp, after, err := c.reportLocked(ctx, r, pre)
+	c.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
+	if err := after(); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// reportLocked does the work of a report under c.mu: it appraises (or
+// takes pre's appraisal), applies the outcome to the controller's memory
+// and queues the store write. The returned after waits, without the lock,
+// until the write is durable (the group commit joins it with other
+// reports'), then records the audit entries and wakes the plan streams.
+// The answer goes out only after that: nothing is acknowledged before it
+// is durable.
+func (c *Controller) reportLocked(ctx context.Context, r *tvdv1.ReportRequest, pre *preAppraisal) (*tvdv1.ReportResponse, func() error, error) {
+	n, err := c.requireNode(ctx, r.GetNode())
+	if err != nil {
+		return nil, nil, err
+	}
 	tpmNode := n.Assurance == tvd.AssuranceTPM.String()
 	if !tpmNode && !c.nonce.consume(n.Name, r.GetNonce()) {
-		return nil, c.refuse(ctx, "node/"+n.Name, "", errPrecondition("report answers an old or unknown nonce (a replay, or the controller restarted); reopen the plan stream for a fresh one"), nil)
+		return nil, nil, c.refuse(ctx, "node/"+n.Name, "", errPrecondition("report answers an old or unknown nonce (a replay, or the controller restarted); reopen the plan stream for a fresh one"), nil)
 	}
 	if r.GetQuote() != nil && !tpmNode {
-		return nil, errInvalid("node %q is enrolled at %s assurance; it has no attestation key to quote with", n.Name, n.Assurance)
+		return nil, nil, errInvalid("node %q is enrolled at %s assurance; it has no attestation key to quote with", n.Name, n.Assurance)
 	}
 	now := c.now()
 	upd := *n
@@ -423,7 +441,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		var err error
 		violations, passed, cursor, err = c.appraise(ctx, n, &upd, r, pre)
 		if err != nil {
-			return nil, c.refuse(ctx, "node/"+n.Name, "", err, nil)
+			return nil, nil, c.refuse(ctx, "node/"+n.Name, "", err, nil)
 		}
 	}
 	wakeAll := false
@@ -451,7 +469,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		keys := map[string]channelKey{}
 		for _, k := range r.GetChannelKeys() {
 			if len(k.GetWireguardPublicKey()) != 32 {
-				return nil, errInvalid("channel key for domain %q: want 32 bytes, got %d", k.GetDomain(), len(k.GetWireguardPublicKey()))
+				return nil, nil, errInvalid("channel key for domain %q: want 32 bytes, got %d", k.GetDomain(), len(k.GetWireguardPublicKey()))
 			}
 			keys[k.GetDomain()] = channelKey{PublicKey: k.GetWireguardPublicKey(), Endpoint: k.GetEndpoint()}
 		}
@@ -467,7 +485,7 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	if len(r.GetJoin()) > 0 {
 		admitted, refused, es, err := c.admitAll(ctx, &upd, r.GetJoin(), now)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		changed = append(changed, admitted...)
 		changed = append(changed, refused...)
@@ -556,37 +574,29 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 	for _, o := range eeOps {
 		op, err := putJSON(prefixEEOps+o.ID, o)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ops = append(ops, op)
 	}
 	op, err := putJSON(prefixNodes+n.Name, &upd)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ops = append(ops, op)
 	for _, m := range changed {
 		op, err := putJSON(prefixMembers+m.EE, m)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ops = append(ops, op)
 	}
-	if _, err := c.st.Commit(ctx, store.Batch{Ops: ops}); err != nil {
-		return nil, fmt.Errorf("report %s: %w", n.Name, err)
-	}
+	wait := c.gs.submit(store.Batch{Ops: ops})
 	c.s.nodes[n.Name] = &upd
 	for _, m := range changed {
 		c.s.put(m)
 	}
 	for _, o := range eeOps {
 		c.s.ops[o.ID] = o
-	}
-	for _, e := range entries {
-		c.record(ctx, e)
-	}
-	if wakeAll {
-		c.hub.wake()
 	}
 	if tpmNode {
 		if st, err := c.nodeState(&upd); err == nil {
@@ -597,7 +607,20 @@ func (c *Controller) report(ctx context.Context, r *tvdv1.ReportRequest) (*tvdv1
 		resp.NextNonce = c.nonce.next(n.Name)
 	}
 	resp.NextReportBy = timestamppb.New(now.Add(interval))
-	return resp, nil
+	name := n.Name
+	return resp, func() error {
+		<-wait.done
+		if wait.err != nil {
+			return fmt.Errorf("report %s: %w", name, wait.err)
+		}
+		for _, e := range entries {
+			c.record(ctx, e)
+		}
+		if wakeAll {
+			c.hub.wake()
+		}
+		return nil
+	}, nil
 }
 
 func sameKeys(a, b map[string]channelKey) bool {

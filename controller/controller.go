@@ -91,6 +91,7 @@ type Controller struct {
 	log   *slog.Logger
 	now   func() time.Time
 	st    store.Store
+	gs    *groupStore // st: every write in order, reports group-committed
 	ca    *ca.CA
 	tls   *tls.Config
 	audit *auditor
@@ -116,7 +117,7 @@ type Controller struct {
 
 // New opens (or, on first start, creates) the deployment: the CA, the
 // audit log and the first admin credential.
-func New(ctx context.Context, cfg Config) (*Controller, error) {
+func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	if cfg.DataDir == "" || cfg.Store == nil {
 		return nil, errors.New("controller: DataDir and Store are required")
 	}
@@ -138,7 +139,14 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("controller: data dir: %w", err)
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, st: cfg.Store, hub: newHub(), nonce: newNonces()}
+	c := &Controller{cfg: cfg, log: cfg.Logger, now: cfg.Now, hub: newHub(), nonce: newNonces()}
+	c.gs = newGroupStore(cfg.Store, cfg.Logger)
+	c.st = c.gs
+	defer func() {
+		if err != nil {
+			c.gs.close()
+		}
+	}()
 	c.att.pending = map[string]*pendingEnrol{}
 	c.att.states = map[string]cachedState{}
 	c.webTok = web.NewTokens(c.now)
@@ -419,6 +427,14 @@ func (c *Controller) RunListener(ctx context.Context, l net.Listener) error {
 	g.Go(func() error { return c.audit.run(gctx) })
 	g.Go(func() error { return c.Serve(gctx, l) })
 	g.Go(func() error { return c.sweep(gctx) })
+	g.Go(func() error {
+		select {
+		case <-c.gs.failed:
+			return fmt.Errorf("controller: stopping: %w", c.gs.ferr)
+		case <-gctx.Done():
+			return nil
+		}
+	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
@@ -427,7 +443,11 @@ func (c *Controller) RunListener(ctx context.Context, l net.Listener) error {
 }
 
 // Close releases the audit log. The store belongs to the caller.
-func (c *Controller) Close() error { return c.audit.close() }
+func (c *Controller) Close() error {
+	err := c.audit.close()
+	c.gs.close()
+	return err
+}
 
 // nextEpoch counts this start of the controller in the store. Plan versions
 // are epoch<<32 plus a counter, so an agent never sees a version go back
