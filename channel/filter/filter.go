@@ -150,14 +150,22 @@ func (f *Filter) Flows() int {
 // passes exactly when the flow it answers would pass under the current
 // plan.
 func (f *Filter) Judge(pkt []byte, dir Direction) Verdict {
-	v := f.judge(pkt, dir)
+	return f.judgeAt(pkt, dir, f.clock())
+}
+
+// clock returns the time since the filter's epoch in nanoseconds.
+func (f *Filter) clock() int64 { return int64(f.now().Sub(f.epoch)) }
+
+// judgeAt is Judge at time now (see clock).
+func (f *Filter) judgeAt(pkt []byte, dir Direction, now int64) Verdict {
+	v := f.judge(pkt, dir, now)
 	c := &f.counters[v]
 	c.packets.Add(1)
 	c.bytes.Add(uint64(len(pkt)))
 	return v
 }
 
-func (f *Filter) judge(pkt []byte, dir Direction) Verdict {
+func (f *Filter) judge(pkt []byte, dir Direction, now int64) Verdict {
 	var p packet
 	if !parse(pkt, &p) {
 		return VerdictMalformed
@@ -166,7 +174,6 @@ func (f *Filter) judge(pkt []byte, dir Direction) Verdict {
 	if t == nil {
 		return VerdictNonMember
 	}
-	now := int64(f.now().Sub(f.epoch))
 	e, reply := f.flows.lookup(&p.tuple, now)
 	// The packet's two ends: the one it enters by (its source) and the
 	// one it leaves by (its destination).

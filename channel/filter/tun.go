@@ -51,11 +51,12 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // is consumed, as a firewall would.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	pass := 0
+	now := d.f.clock() // one clock read per batch
 	for i, b := range bufs {
 		if len(b) <= offset {
 			continue
 		}
-		if d.f.Judge(b[offset:], Inbound).Allowed() {
+		if d.f.judgeAt(b[offset:], Inbound, now).Allowed() {
 			bufs[pass], bufs[i] = b, bufs[pass]
 			pass++
 		}
