@@ -161,7 +161,9 @@ func tcp(src, dst netip.Addr, sport, dport uint16) []byte {
 }
 
 // expect returns the verdict flow/nft gives a hop between two members.
-func expect(m *flow.Matrix, from, to member) Verdict { return hopVerdict(m, int32(from.class), int32(to.class)) }
+func expect(m *flow.Matrix, from, to member) Verdict {
+	return hopVerdict(m, int32(from.class), int32(to.class))
+}
 
 // TestDecisionsFollowMatrix judges, at every member's interface, a new
 // flow to and from every other member, over IPv4 and IPv6 and for TCP,

@@ -1,0 +1,448 @@
+package channel
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tvd-dev/tvd/channel/filter"
+	"github.com/tvd-dev/tvd/flow"
+	"github.com/tvd-dev/tvd/policy"
+)
+
+// The userspace matrix test: three "nodes" host one member of every class
+// of examples/outsourcing (yellow and red), each member on its own
+// userspace interface (its own netstack and WireGuard device, loopback
+// underlay, no root). In userspace mode an EE's interface is where its
+// traffic is filtered, so a node is only a grouping here.
+//
+// Every interface is a WireGuard peer of every other one (one flat
+// overlay), so WireGuard lets every packet through and the flow filter
+// alone decides what passes: each member's filter judges what it sends
+// and what it receives.
+
+const (
+	probePort = 7100 // answers "ok <name>" to one line, then closes
+	echoPort  = 7101 // echoes lines until closed
+	// probeWait bounds a connection attempt; a dropped SYN is retried by
+	// netstack after 1 s, so a denied flow shows as a timeout.
+	probeWait = 3 * time.Second
+)
+
+var ctlAddr = netip.MustParseAddr("10.99.0.1")
+
+type flowMember struct {
+	name  string // EE name, also the interface name
+	class flow.ClassID
+	node  int
+	addr  netip.Addr
+	u     *Userspace
+
+	mu   sync.Mutex
+	from map[string]int // probes accepted, by sender name
+}
+
+type flowLab struct {
+	t       *testing.T
+	m       *flow.Matrix
+	members []*flowMember
+	ctl     *flowMember // the controller: a member of no domain, unfiltered
+	rogue   *flowMember // a WireGuard peer that is no member, unfiltered
+}
+
+func outsourcingMatrix(t testing.TB) *flow.Matrix {
+	t.Helper()
+	c, err := policy.LoadAndCompile("../examples/outsourcing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Matrix
+}
+
+// newFlowLab starts the interfaces: one member per class, spread over
+// three nodes, plus the controller and the rogue.
+func newFlowLab(t *testing.T, m *flow.Matrix) *flowLab {
+	l := &flowLab{t: t, m: m}
+	for c := range m.NumClasses() {
+		d, r := m.ClassName(flow.ClassID(c))
+		dom, _ := m.DomainIndex(d)
+		l.members = append(l.members, &flowMember{
+			name: fmt.Sprintf("tvdus%d%s%s", c%3, d[:1], shortRole(r)), class: flow.ClassID(c), node: c % 3,
+			addr: netip.AddrFrom4([4]byte{10, byte(77 + dom), 0, byte(10 + c)}), from: map[string]int{},
+		})
+	}
+	l.ctl = &flowMember{name: "tvdusctl", addr: ctlAddr, from: map[string]int{}}
+	l.rogue = &flowMember{name: "tvdusrogue", addr: netip.MustParseAddr("10.77.0.99"), from: map[string]int{}}
+	plan := l.plan()
+	for _, x := range l.all() {
+		var opts []UserspaceOption
+		if x != l.ctl && x != l.rogue {
+			opts = append(opts, WithFlowPlan(plan))
+		}
+		u, err := NewUserspace(Config{Name: x.name, Domain: "outsourcing", PrivateKey: mustKey(t),
+			Address: netip.PrefixFrom(x.addr, 8), ListenAddr: netip.MustParseAddr("127.0.0.1"), Logger: testLogger(t)}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		x.u = u
+		l.serve(x)
+	}
+	// Every interface first learns all peers; then, in each pair, one
+	// side turns a keepalive on and so starts the handshake at once (if
+	// both did, their initiations would cross and both wait for the 5 s
+	// retry). A probe's time then goes to the filter, not to WireGuard.
+	all := l.all()
+	for _, second := range []bool{false, true} {
+		for i, x := range all {
+			var peers []Peer
+			for j, y := range all {
+				if y == x {
+					continue
+				}
+				var keepalive time.Duration
+				if second && j > i {
+					keepalive = 25 * time.Second
+				}
+				peers = append(peers, loopbackPeer(t, y.u, keepalive))
+			}
+			if err := x.u.SetPeers(peers); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	start := time.Now()
+	defer func() { t.Logf("all pairs handshook in %v", time.Since(start)) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for _, x := range l.all() {
+		for {
+			st, err := x.u.Peers()
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := 0
+			for _, p := range st {
+				if !p.LastHandshake.IsZero() {
+					done++
+				}
+			}
+			if done == len(st) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d of %d peers handshook within 30s", x.name, done, len(st))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return l
+}
+
+func shortRole(r string) string {
+	switch r {
+	case "domain-controller":
+		return "dc"
+	case "gateway":
+		return "gw"
+	}
+	return r[:2]
+}
+
+func (l *flowLab) all() []*flowMember {
+	return append(append([]*flowMember(nil), l.members...), l.ctl, l.rogue)
+}
+
+// plan is the flow plan every member's filter gets: all members, the
+// controller, and the given quarantine.
+func (l *flowLab) plan(quarantine ...string) *flow.Plan {
+	return l.planWith(l.m, quarantine...)
+}
+
+func (l *flowLab) planWith(m *flow.Matrix, quarantine ...string) *flow.Plan {
+	p := &flow.Plan{Matrix: m, Controllers: []netip.Addr{ctlAddr}, Quarantine: quarantine}
+	for _, x := range l.members {
+		p.EEInterfaces = append(p.EEInterfaces, x.name)
+		p.Members = append(p.Members, flow.PlanMember{EE: x.name, Class: x.class, Addrs: []netip.Addr{x.addr}, Iface: x.name})
+	}
+	return p
+}
+
+func (l *flowLab) apply(p *flow.Plan) {
+	l.t.Helper()
+	for _, x := range l.members {
+		if err := x.u.ApplyFlowPlan(p); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+}
+
+// serve runs the probe and echo servers of x on its overlay address.
+func (l *flowLab) serve(x *flowMember) {
+	t := l.t
+	for _, port := range []uint16{probePort, echoPort} {
+		ln, err := x.u.Net().ListenTCPAddrPort(netip.AddrPortFrom(x.addr, port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(time.Minute))
+					r := bufio.NewReader(c)
+					for {
+						line, err := r.ReadString('\n')
+						if err != nil {
+							return
+						}
+						if port == probePort {
+							x.mu.Lock()
+							x.from[strings.TrimSpace(line)]++
+							x.mu.Unlock()
+							fmt.Fprintf(c, "ok %s\n", x.name)
+							return
+						}
+						fmt.Fprint(c, line)
+					}
+				}()
+			}
+		}()
+	}
+}
+
+// probe reports whether a TCP connection from a to b carries one exchange.
+func probe(a, b *flowMember) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), probeWait)
+	defer cancel()
+	c, err := a.u.Net().DialContextTCPAddrPort(ctx, netip.AddrPortFrom(b.addr, probePort))
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(probeWait))
+	fmt.Fprintf(c, "%s\n", a.name)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && line == "ok "+b.name+"\n"
+}
+
+type probeCase struct {
+	from, to *flowMember
+	want     bool
+	why      string
+}
+
+// run probes every case at once and reports each mismatch; it also checks
+// that a denied probe never reached the receiver's application.
+func (l *flowLab) run(cases []probeCase) {
+	l.t.Helper()
+	got := make([]bool, len(cases))
+	before := make([]int, len(cases))
+	for i, c := range cases {
+		c.to.mu.Lock()
+		before[i] = c.to.from[c.from.name]
+		c.to.mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for i, c := range cases {
+		wg.Go(func() { got[i] = probe(c.from, c.to) })
+	}
+	wg.Wait()
+	for i, c := range cases {
+		if got[i] != c.want {
+			l.t.Errorf("%s -> %s: passed %v, want %v (%s)", c.from.name, c.to.name, got[i], c.want, c.why)
+		}
+		c.to.mu.Lock()
+		n := c.to.from[c.from.name] - before[i]
+		c.to.mu.Unlock()
+		if !c.want && n != 0 {
+			l.t.Errorf("%s -> %s: denied, yet the receiver accepted %d probes", c.from.name, c.to.name, n)
+		}
+	}
+}
+
+// counters sums every member filter's counters.
+func (l *flowLab) counters() map[string]uint64 {
+	l.t.Helper()
+	sum := map[string]uint64{}
+	for _, x := range l.members {
+		c, err := x.u.FlowCounters()
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		for n, v := range c {
+			sum[n] += v.Packets
+		}
+	}
+	return sum
+}
+
+// TestUserspaceFlowMatrix: for every ordered pair of members a TCP
+// connection sent directly passes exactly when flow.Matrix.Decide says
+// Direct; non-members and the controller are judged as flow/nft judges
+// them.
+func TestUserspaceFlowMatrix(t *testing.T) {
+	m := outsourcingMatrix(t)
+	l := newFlowLab(t, m)
+	var cases []probeCase
+	allowed := 0
+	for _, a := range l.members {
+		for _, b := range l.members {
+			if a == b {
+				continue
+			}
+			d := m.Decide(a.class, b.class)
+			cases = append(cases, probeCase{a, b, d.Direct, d.Rule.String()})
+			if d.Direct {
+				allowed++
+			}
+		}
+		cases = append(cases,
+			probeCase{a, l.ctl, true, "member to controller"},
+			probeCase{l.ctl, a, true, "controller to member"},
+			probeCase{a, l.rogue, false, "member to non-member"},
+			probeCase{l.rogue, a, false, "non-member to member (judged by the receiver's filter)"},
+		)
+	}
+	if allowed == 0 || allowed == len(l.members)*(len(l.members)-1) {
+		t.Fatalf("%d of the pairs allowed: the matrix test needs both outcomes", allowed)
+	}
+	l.run(cases)
+	c := l.counters()
+	for _, n := range []string{filter.CounterIntra, filter.CounterP2PAllow, filter.CounterController,
+		filter.CounterP2PDeny, filter.CounterNone, filter.CounterViaDirect, filter.CounterNonMember} {
+		if c[n] == 0 {
+			t.Errorf("counter %s did not move: %v", n, c)
+		}
+	}
+	for _, n := range []string{filter.CounterSpoof, filter.CounterMisroute, filter.CounterMalformed, filter.CounterQuarantine} {
+		if c[n] != 0 {
+			t.Errorf("counter %s = %d, want 0", n, c[n])
+		}
+	}
+}
+
+func (l *flowLab) member(domain, role string) *flowMember {
+	l.t.Helper()
+	c, ok := l.m.Class(domain, role)
+	if !ok {
+		l.t.Fatalf("no class %s/%s", domain, role)
+	}
+	for _, x := range l.members {
+		if x.class == c {
+			return x
+		}
+	}
+	l.t.Fatalf("no member of %s/%s", domain, role)
+	return nil
+}
+
+// TestUserspaceFlowQuarantine: a quarantined member reaches and is reached
+// by nobody but the controller, everyone else is unaffected.
+func TestUserspaceFlowQuarantine(t *testing.T) {
+	m := outsourcingMatrix(t)
+	l := newFlowLab(t, m)
+	q := l.member("yellow", "management-console")
+	l.apply(l.plan(q.name))
+	var cases []probeCase
+	for _, x := range l.members {
+		if x == q {
+			continue
+		}
+		cases = append(cases, probeCase{q, x, false, "from the quarantined member"}, probeCase{x, q, false, "to the quarantined member"})
+	}
+	cases = append(cases,
+		probeCase{q, l.ctl, true, "quarantined member to controller"},
+		probeCase{l.ctl, q, true, "controller to quarantined member"},
+		probeCase{l.member("yellow", "gateway"), l.member("red", "gateway"), true, "unaffected pair"},
+		probeCase{l.member("yellow", "domain-controller"), l.member("yellow", "gateway"), true, "unaffected pair"},
+	)
+	l.run(cases)
+	if c := l.counters(); c[filter.CounterQuarantine] == 0 {
+		t.Errorf("deny-quarantine did not move: %v", c)
+	}
+}
+
+// TestUserspaceFlowUpdate: a new plan is applied without cutting an
+// established flow it still allows; a plan that denies the flow cuts it,
+// and the flow resumes when the plan allows it again.
+func TestUserspaceFlowUpdate(t *testing.T) {
+	m := outsourcingMatrix(t)
+	l := newFlowLab(t, m)
+	yg, rg, ro := l.member("yellow", "gateway"), l.member("red", "gateway"), l.member("red", "client-os")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := yg.u.Net().DialContextTCPAddrPort(ctx, netip.AddrPortFrom(rg.addr, echoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	echo := func(msg string, wait time.Duration) error {
+		c.SetDeadline(time.Now().Add(wait))
+		if _, err := fmt.Fprintf(c, "%s\n", msg); err != nil {
+			return err
+		}
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if line != msg+"\n" {
+			return fmt.Errorf("echo %q, want %q", line, msg)
+		}
+		return nil
+	}
+	if err := echo("before", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// An unrelated change: quarantine the red client.
+	l.apply(l.plan(ro.name))
+	if err := echo("after an unrelated change", 5*time.Second); err != nil {
+		t.Fatalf("established flow cut by an unrelated plan change: %v", err)
+	}
+	// The yellow gateway may no longer reach red, nor red's gateway
+	// yellow: the established flow stops at its next packet.
+	b, err := flow.NewBuilder(m.Domains())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := range m.NumClasses() {
+		for d := range m.Domains() {
+			rule, mask := m.Cell(flow.ClassID(s), d)
+			if flow.ClassID(s) == yg.class || flow.ClassID(s) == rg.class {
+				rule, mask = flow.RuleNone, 0
+			}
+			b.Set(flow.ClassID(s), d, rule, mask)
+		}
+	}
+	closed := b.Build()
+	before := l.counters()[filter.CounterNone]
+	l.apply(l.planWith(closed, ro.name))
+	c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+	fmt.Fprintf(c, "while denied\n")
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("established flow still answered (%q) after the plan denied it", line)
+	}
+	if after := l.counters()[filter.CounterNone]; after == before {
+		t.Fatal("deny-none did not move while the flow was denied")
+	}
+	// Allowed again: TCP retransmits the pending line and the flow goes on.
+	l.apply(l.plan())
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := r.ReadString('\n')
+	if err != nil || line != "while denied\n" {
+		t.Fatalf("flow did not resume once allowed again: %q %v", line, err)
+	}
+	if err := echo("after", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
