@@ -38,7 +38,8 @@ type Userspace struct {
 type UserspaceOption func(*userspaceOptions)
 
 type userspaceOptions struct {
-	plan *flow.Plan
+	plan    *flow.Plan
+	gateway bool
 }
 
 // WithFlowPlan filters the interface with the flow plan p from its first
@@ -49,6 +50,18 @@ type userspaceOptions struct {
 // filtered.
 func WithFlowPlan(p *flow.Plan) UserspaceOption {
 	return func(o *userspaceOptions) { o.plan = p }
+}
+
+// WithGateway makes the interface a gateway EE's (with [WithFlowPlan]): a
+// packet that arrives from a peer for an address this interface does not
+// own is forwarded back out to the peer WireGuard routes its destination
+// to, keeping its origin address, after the filter judged both hops (the
+// gateway may forward only flows whose origin may cross into the
+// destination's domain: flow.Matrix.MayCross). The routes are the peers'
+// AllowedIPs: a domain's members route the other domain's prefix to their
+// gateway, and the gateways route it to each other.
+func WithGateway() UserspaceOption {
+	return func(o *userspaceOptions) { o.gateway = true }
 }
 
 // NewUserspace starts a userspace interface for cfg. cfg.NetNS must be empty
@@ -64,6 +77,9 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 	var o userspaceOptions
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.gateway && o.plan == nil {
+		return nil, errors.New("config: a gateway interface needs a flow plan (WithFlowPlan)")
 	}
 	var filt *filter.Filter
 	if o.plan != nil {
@@ -82,7 +98,10 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create netstack: %w", err)
 	}
-	if filt != nil {
+	switch {
+	case filt != nil && o.gateway:
+		td = filter.WrapGateway(td, filt)
+	case filt != nil:
 		td = filter.Wrap(td, filt)
 	}
 	bind := conn.NewDefaultBind()
@@ -94,6 +113,18 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 	if err != nil {
 		dev.Close()
 		return nil, err
+	}
+	if filt != nil {
+		// The filter knows each overlay end by the peer WireGuard routes
+		// it to, so it follows every peer change.
+		c.afterPeers = func(peers map[PublicKey]Peer) error {
+			ips := make([][]netip.Prefix, 0, len(peers))
+			for _, p := range peers {
+				ips = append(ips, p.AllowedIPs)
+			}
+			filt.SetPeers(ips)
+			return nil
+		}
 	}
 	if err := dev.IpcSet(fmt.Sprintf("listen_port=%d\n", cfg.ListenPort)); err != nil {
 		dev.Close()
@@ -110,7 +141,7 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 		return nil, err
 	}
 	log.Info("interface up", "backend", BackendNetstack, "address", cfg.Address, "listen_addr", cfg.ListenAddr, "listen_port", port,
-		"mtu", mtu, "public_key", c.self, "flow_filter", filt != nil)
+		"mtu", mtu, "public_key", c.self, "flow_filter", filt != nil, "gateway", o.gateway)
 	return u, nil
 }
 

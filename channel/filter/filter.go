@@ -3,6 +3,8 @@ package filter
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,8 +68,9 @@ type Filter struct {
 	now   func() time.Time
 	epoch time.Time
 
-	applyMu sync.Mutex // serializes Apply
-	tab     atomic.Pointer[tables]
+	applyMu      sync.Mutex // serializes Apply and SetPeers
+	tab          atomic.Pointer[tables]
+	pendingPeers [][]netip.Prefix // SetPeers before the first Apply
 
 	flows    flowTable
 	counters [numVerdicts]struct {
@@ -111,8 +114,41 @@ func (f *Filter) Apply(p *flow.Plan) error {
 	}
 	f.applyMu.Lock()
 	defer f.applyMu.Unlock()
-	f.tab.Store(compile(p, f.iface, f.tab.Load()))
+	var peers [][]netip.Prefix
+	prev := f.tab.Load()
+	if prev != nil {
+		peers = prev.peers
+	} else {
+		peers = f.pendingPeers
+	}
+	f.tab.Store(compile(p, f.iface, peers, prev))
 	return nil
+}
+
+// SetPeers tells the filter the interface's WireGuard peers: each element
+// is one peer's allowed IPs, as WireGuard routes them (longest prefix
+// first). From then on the overlay end of a packet is the peer WireGuard
+// sends it to or received it from (the peer whose allowed IPs hold the
+// packet's remote address): a peer whose host prefixes (/32, /128) hold
+// the addresses of exactly one plan member is that member, judged as
+// flow/nft judges a local EE by its interface; so a packet that a gateway
+// peer forwards (keeping its origin address) is judged as a hop to or from
+// that gateway. Ends routed to any other peer, and every end before the
+// first SetPeers, are known by address alone. Call it whenever the peers
+// change; it swaps the tables atomically, as Apply does.
+func (f *Filter) SetPeers(peers [][]netip.Prefix) {
+	cp := make([][]netip.Prefix, len(peers))
+	for i, p := range peers {
+		cp[i] = slices.Clone(p)
+	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	prev := f.tab.Load()
+	if prev == nil {
+		f.pendingPeers = cp
+		return
+	}
+	f.tab.Store(compile(prev.plan, f.iface, cp, prev))
 }
 
 // Plan returns the plan last applied, or nil.
@@ -158,22 +194,44 @@ func (f *Filter) clock() int64 { return int64(f.now().Sub(f.epoch)) }
 
 // judgeAt is Judge at time now (see clock).
 func (f *Filter) judgeAt(pkt []byte, dir Direction, now int64) Verdict {
-	v := f.judge(pkt, dir, now)
-	c := &f.counters[v]
-	c.packets.Add(1)
-	c.bytes.Add(uint64(len(pkt)))
+	v, _ := f.judge(pkt, dir, now)
+	f.count(v, len(pkt))
 	return v
 }
 
-func (f *Filter) judge(pkt []byte, dir Direction, now int64) Verdict {
+// judgeInbound is Judge for an inbound packet; it also reports whether the
+// packet is for an address the local member does not own (one a gateway
+// forwards).
+func (f *Filter) judgeInbound(pkt []byte, now int64) (Verdict, bool) {
+	v, fwd := f.judge(pkt, Inbound, now)
+	f.count(v, len(pkt))
+	return v, fwd
+}
+
+func (f *Filter) count(v Verdict, n int) {
+	c := &f.counters[v]
+	c.packets.Add(1)
+	c.bytes.Add(uint64(n))
+}
+
+func (f *Filter) judge(pkt []byte, dir Direction, now int64) (Verdict, bool) {
 	var p packet
 	if !parse(pkt, &p) {
-		return VerdictMalformed
+		return VerdictMalformed, false
 	}
 	t := f.tab.Load()
 	if t == nil {
-		return VerdictNonMember
+		return VerdictNonMember, false
 	}
+	v := f.judgeFlow(t, &p, dir, now)
+	if !v.Allowed() || dir != Inbound {
+		return v, false
+	}
+	ai, ok := t.lookup(p.ver, &p.dst)
+	return v, !ok || ai.mem != t.local
+}
+
+func (f *Filter) judgeFlow(t *tables, p *packet, dir Direction, now int64) Verdict {
 	e, reply := f.flows.lookup(&p.tuple, now)
 	// The packet's two ends: the one it enters by (its source) and the
 	// one it leaves by (its destination).

@@ -1,7 +1,9 @@
 package filter
 
 import (
+	"encoding/binary"
 	"net/netip"
+	"slices"
 
 	"github.com/tvd-dev/tvd/flow"
 )
@@ -85,28 +87,51 @@ const (
 	reserved = 2
 )
 
-// tables is the compiled form of one plan as one interface sees it. It is
-// immutable once built; Apply swaps the whole value atomically.
+// tables is the compiled form of one plan (and, optionally, the
+// interface's WireGuard peers) as one interface sees it. It is immutable
+// once built; Apply and SetPeers swap the whole value atomically.
 type tables struct {
-	plan *flow.Plan
-	m    *flow.Matrix
-	n    int // classes of m, plus the reserved ones
+	plan  *flow.Plan
+	peers [][]netip.Prefix
+	m     *flow.Matrix
+	n     int // classes of m, plus the reserved ones
 
-	cls4 map[[4]byte]int32
-	cls6 map[[16]byte]int32
+	// Address -> class and owning member (an index into mems; -1 for a
+	// controller address).
+	addr4 map[[4]byte]addrInfo
+	addr6 map[[16]byte]addrInfo
+	mems  []memInfo
 
-	// The local end: the member behind the filtered interface.
-	local    bool // a member is behind the interface
-	localCls int32
-	localGW  bool
-	own4     map[[4]byte]struct{}
-	own6     map[[16]byte]struct{}
+	// local is the member behind the filtered interface, or -1.
+	local int32
+
+	// Routes mirror WireGuard's allowed IPs: for each prefix length in
+	// use (longest first), masked address -> the member that is the peer
+	// (-1: a peer that is no single member). Empty when SetPeers was
+	// never called: remote ends are then known by address alone.
+	routes4 []routeLen[[4]byte]
+	routes6 []routeLen[[16]byte]
 
 	// verdict[(s+reserved)*n + d+reserved] is the verdict for a hop from
 	// class s to class d (reserved classes included).
 	verdict []Verdict
 	// cross holds bit s*classes+d when flow.Matrix.MayCross(s, domain of d).
 	cross []uint64
+}
+
+type addrInfo struct {
+	cls int32
+	mem int32
+}
+
+type memInfo struct {
+	cls int32 // classQuarantine when quarantined
+	gw  bool
+}
+
+type routeLen[A [4]byte | [16]byte] struct {
+	bits int
+	m    map[A]int32
 }
 
 // matrixTables are the parts of tables that depend on the matrix alone,
@@ -162,14 +187,15 @@ func hopVerdict(m *flow.Matrix, s, d int32) Verdict {
 }
 
 // compile builds the tables of a validated plan for the interface named
-// iface. prev, when it has the same matrix, lends its matrix tables.
-func compile(p *flow.Plan, iface string, prev *tables) *tables {
+// iface and its WireGuard peers (each peer's allowed IPs; nil when not
+// known). prev, when it has the same matrix, lends its matrix tables.
+func compile(p *flow.Plan, iface string, peers [][]netip.Prefix, prev *tables) *tables {
 	t := &tables{
-		plan: p, m: p.Matrix, n: p.Matrix.NumClasses() + reserved,
-		cls4: make(map[[4]byte]int32, len(p.Members)+len(p.Controllers)),
-		cls6: make(map[[16]byte]int32),
-		own4: map[[4]byte]struct{}{},
-		own6: map[[16]byte]struct{}{},
+		plan: p, peers: peers, m: p.Matrix, n: p.Matrix.NumClasses() + reserved,
+		addr4: make(map[[4]byte]addrInfo, len(p.Members)+len(p.Controllers)),
+		addr6: make(map[[16]byte]addrInfo),
+		mems:  make([]memInfo, len(p.Members)),
+		local: -1,
 	}
 	if prev != nil && prev.m == p.Matrix {
 		t.verdict, t.cross = prev.verdict, prev.cross
@@ -178,60 +204,136 @@ func compile(p *flow.Plan, iface string, prev *tables) *tables {
 		t.verdict, t.cross = mt.verdict, mt.cross
 	}
 	for _, c := range p.Controllers {
-		t.put(c, classController)
+		t.put(c, addrInfo{cls: classController, mem: -1})
 	}
 	quar := make(map[string]bool, len(p.Quarantine))
 	for _, q := range p.Quarantine {
 		quar[q] = true
 	}
-	for _, mem := range p.Members {
+	for i, mem := range p.Members {
 		cls := int32(mem.Class)
 		if quar[mem.EE] {
 			cls = classQuarantine
 		}
+		t.mems[i] = memInfo{cls: cls, gw: p.Matrix.IsGateway(mem.Class)}
 		for _, a := range mem.Addrs {
-			t.put(a, cls)
+			t.put(a, addrInfo{cls: cls, mem: int32(i)})
 		}
 		if iface != "" && mem.Iface == iface {
-			t.local, t.localCls, t.localGW = true, cls, p.Matrix.IsGateway(mem.Class)
-			for _, a := range mem.Addrs {
-				if a.Is4() {
-					t.own4[a.As4()] = struct{}{}
-				} else {
-					t.own6[a.As16()] = struct{}{}
-				}
-			}
+			t.local = int32(i)
 		}
 	}
+	t.compileRoutes(peers)
 	return t
 }
 
-func (t *tables) put(a netip.Addr, cls int32) {
+// compileRoutes fills the route tables from the peers' allowed IPs. A
+// peer's member is the one plan member with an address among the peer's
+// host prefixes (/32, /128); a peer with none or several is no single
+// member, and the ends routed to it are known by address.
+func (t *tables) compileRoutes(peers [][]netip.Prefix) {
+	by4 := map[int]map[[4]byte]int32{}
+	by6 := map[int]map[[16]byte]int32{}
+	for _, ips := range peers {
+		owner := int32(-1)
+		for _, pfx := range ips {
+			if !pfx.IsSingleIP() {
+				continue
+			}
+			if ai, ok := t.info(pfx.Addr()); ok && ai.mem >= 0 {
+				if owner >= 0 && owner != ai.mem {
+					owner = -2 // several members behind one peer
+					break
+				}
+				owner = ai.mem
+			}
+		}
+		if owner < -1 {
+			owner = -1
+		}
+		for _, pfx := range ips {
+			if !pfx.IsValid() {
+				continue
+			}
+			pfx = pfx.Masked()
+			if pfx.Addr().Is4() {
+				if by4[pfx.Bits()] == nil {
+					by4[pfx.Bits()] = map[[4]byte]int32{}
+				}
+				by4[pfx.Bits()][pfx.Addr().As4()] = owner
+			} else {
+				if by6[pfx.Bits()] == nil {
+					by6[pfx.Bits()] = map[[16]byte]int32{}
+				}
+				by6[pfx.Bits()][pfx.Addr().As16()] = owner
+			}
+		}
+	}
+	for bits, m := range by4 {
+		t.routes4 = append(t.routes4, routeLen[[4]byte]{bits: bits, m: m})
+	}
+	for bits, m := range by6 {
+		t.routes6 = append(t.routes6, routeLen[[16]byte]{bits: bits, m: m})
+	}
+	slices.SortFunc(t.routes4, func(a, b routeLen[[4]byte]) int { return b.bits - a.bits })
+	slices.SortFunc(t.routes6, func(a, b routeLen[[16]byte]) int { return b.bits - a.bits })
+}
+
+func (t *tables) info(a netip.Addr) (addrInfo, bool) {
 	if a.Is4() {
-		t.cls4[a.As4()] = cls
+		ai, ok := t.addr4[a.As4()]
+		return ai, ok
+	}
+	ai, ok := t.addr6[a.As16()]
+	return ai, ok
+}
+
+func (t *tables) put(a netip.Addr, ai addrInfo) {
+	if a.Is4() {
+		t.addr4[a.As4()] = ai
 	} else {
-		t.cls6[a.As16()] = cls
+		t.addr6[a.As16()] = ai
 	}
 }
 
-// addrClass returns the class of an address (reserved classes included).
-func (t *tables) addrClass(ver uint8, a *[16]byte) (int32, bool) {
+// lookup returns what the plan knows of an address.
+func (t *tables) lookup(ver uint8, a *[16]byte) (addrInfo, bool) {
 	if ver == 4 {
-		c, ok := t.cls4[[4]byte(a[:4])]
-		return c, ok
+		ai, ok := t.addr4[[4]byte(a[:4])]
+		return ai, ok
 	}
-	c, ok := t.cls6[*a]
-	return c, ok
+	ai, ok := t.addr6[*a]
+	return ai, ok
 }
 
-// owns reports whether the local member owns address a.
-func (t *tables) owns(ver uint8, a *[16]byte) bool {
+// route returns the member that is the WireGuard peer for address a (the
+// longest matching allowed IP), or -1 when there is none or the peer is
+// no single member. The cost is one map lookup per prefix length in use.
+func (t *tables) route(ver uint8, a *[16]byte) int32 {
 	if ver == 4 {
-		_, ok := t.own4[[4]byte(a[:4])]
-		return ok
+		v := binary.BigEndian.Uint32(a[:4])
+		for _, r := range t.routes4 {
+			var k [4]byte
+			binary.BigEndian.PutUint32(k[:], v&uint32(^uint64(0)<<(32-r.bits)))
+			if m, ok := r.m[k]; ok {
+				return m
+			}
+		}
+		return -1
 	}
-	_, ok := t.own6[*a]
-	return ok
+	for _, r := range t.routes6 {
+		k := *a
+		if r.bits < 128 {
+			k[r.bits/8] &= byte(0xff << (8 - r.bits%8))
+			for i := r.bits/8 + 1; i < 16; i++ {
+				k[i] = 0
+			}
+		}
+		if m, ok := r.m[k]; ok {
+			return m
+		}
+	}
+	return -1
 }
 
 func (t *tables) hop(s, d int32) Verdict {
@@ -242,13 +344,13 @@ func (t *tables) hop(s, d int32) Verdict {
 // address's class to the final address's class: both must be (unreserved)
 // member classes in the cross table.
 func (t *tables) mayCross(ver uint8, origin, final *[16]byte) bool {
-	s, ok1 := t.addrClass(ver, origin)
-	d, ok2 := t.addrClass(ver, final)
-	if !ok1 || !ok2 || s < 0 || d < 0 {
+	s, ok1 := t.lookup(ver, origin)
+	d, ok2 := t.lookup(ver, final)
+	if !ok1 || !ok2 || s.cls < 0 || d.cls < 0 {
 		return false
 	}
 	c := t.n - reserved
-	i := int(s)*c + int(d)
+	i := int(s.cls)*c + int(d.cls)
 	return t.cross[i/64]&(1<<(i%64)) != 0
 }
 
@@ -259,49 +361,63 @@ type end struct {
 	addr  *[16]byte
 }
 
+// resolved is an end as the rules see it. An end "at an interface" (the
+// local member's, or a WireGuard peer that is one member) is classified by
+// the member behind it, as flow/nft classifies a local EE by its
+// interface; any other end by its address.
+type resolved struct {
+	iface bool  // at an interface
+	ok    bool  // classified (a member behind the interface, or a known address)
+	own   bool  // the member at the interface owns the address
+	gw    bool  // the member at the interface is a gateway
+	cls   int32 // the class
+}
+
+func (t *tables) resolve(ver uint8, e end) resolved {
+	mem := t.local
+	if !e.local {
+		mem = t.route(ver, e.addr)
+		if mem < 0 {
+			ai, ok := t.lookup(ver, e.addr)
+			return resolved{ok: ok, cls: ai.cls}
+		}
+	}
+	if mem < 0 {
+		return resolved{iface: true}
+	}
+	ai, ok := t.lookup(ver, e.addr)
+	mi := t.mems[mem]
+	return resolved{iface: true, ok: true, own: ok && ai.mem == mem, gw: mi.gw, cls: mi.cls}
+}
+
 // judge decides one hop from its origin-side end o to its final-side end f,
 // in the order of flow/nft's rules (see the package documentation).
 func (t *tables) judge(ver uint8, o, f end) Verdict {
-	// The ends' classes: a local end by the member behind the interface
-	// (and whether it owns the address), a remote end by its address.
-	var oc, fc int32
-	var oOK, fOK, oOwn, fOwn bool
-	if o.local {
-		oc, oOK = t.localCls, t.local
-		oOwn = oOK && t.owns(ver, o.addr)
-	} else {
-		oc, oOK = t.addrClass(ver, o.addr)
+	ro, rf := t.resolve(ver, o), t.resolve(ver, f)
+	// Fast path: every end at an interface owns its address.
+	if ro.ok && rf.ok && (!ro.iface || ro.own) && (!rf.iface || rf.own) {
+		return t.hop(ro.cls, rf.cls)
 	}
-	if f.local {
-		fc, fOK = t.localCls, t.local
-		fOwn = fOK && t.owns(ver, f.addr)
-	} else {
-		fc, fOK = t.addrClass(ver, f.addr)
-	}
-	// Fast path: every local end owns its address.
-	if oOK && fOK && (!o.local || oOwn) && (!f.local || fOwn) {
-		return t.hop(oc, fc)
-	}
-	// A local end that does not own its address is a gateway forwarding
-	// someone else's flow, or a spoofer.
-	if o.local && oOK && !oOwn {
-		if !t.localGW {
+	// An end at an interface that does not own its address is a gateway
+	// forwarding someone else's flow, or a spoofer.
+	if ro.iface && ro.ok && !ro.own {
+		if !ro.gw {
 			return VerdictSpoof
 		}
 		if !t.mayCross(ver, o.addr, f.addr) {
 			return VerdictGatewayRefused
 		}
 	}
-	if f.local && fOK && !fOwn {
-		if !t.localGW {
+	if rf.iface && rf.ok && !rf.own {
+		if !rf.gw {
 			return VerdictMisroute
 		}
 		if !t.mayCross(ver, o.addr, f.addr) {
 			return VerdictGatewayRefused
 		}
 	}
-	if oOK && fOK {
-		return t.hop(oc, fc)
+	if ro.ok && rf.ok {
+		return t.hop(ro.cls, rf.cls)
 	}
 	return VerdictNonMember
 }
