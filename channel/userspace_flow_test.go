@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -49,6 +50,7 @@ type flowMember struct {
 
 type flowLab struct {
 	t       *testing.T
+	via     bool // cross-domain routes go through the gateways
 	m       *flow.Matrix
 	members []*flowMember
 	ctl     *flowMember // the controller: a member of no domain, unfiltered
@@ -65,9 +67,13 @@ func outsourcingMatrix(t testing.TB) *flow.Matrix {
 }
 
 // newFlowLab starts the interfaces: one member per class, spread over
-// three nodes, plus the controller and the rogue.
-func newFlowLab(t *testing.T, m *flow.Matrix) *flowLab {
-	l := &flowLab{t: t, m: m}
+// three nodes, plus the controller and the rogue. Gateway members'
+// interfaces forward (WithGateway). With via false every interface routes
+// every address straight to its owner; with via true a member reaches the
+// other domain only through its domain's gateway, and the two gateways
+// route each other's domain to each other (see peersOf).
+func newFlowLab(t *testing.T, m *flow.Matrix, via bool) *flowLab {
+	l := &flowLab{t: t, m: m, via: via}
 	for c := range m.NumClasses() {
 		d, r := m.ClassName(flow.ClassID(c))
 		dom, _ := m.DomainIndex(d)
@@ -83,6 +89,9 @@ func newFlowLab(t *testing.T, m *flow.Matrix) *flowLab {
 		var opts []UserspaceOption
 		if x != l.ctl && x != l.rogue {
 			opts = append(opts, WithFlowPlan(plan))
+			if m.IsGateway(x.class) {
+				opts = append(opts, WithGateway())
+			}
 		}
 		u, err := NewUserspace(Config{Name: x.name, Domain: "outsourcing", PrivateKey: mustKey(t),
 			Address: netip.PrefixFrom(x.addr, 8), ListenAddr: netip.MustParseAddr("127.0.0.1"), Logger: testLogger(t)}, opts...)
@@ -102,14 +111,16 @@ func newFlowLab(t *testing.T, m *flow.Matrix) *flowLab {
 		for i, x := range all {
 			var peers []Peer
 			for j, y := range all {
-				if y == x {
+				ips := l.allowedIPs(x, y)
+				if ips == nil {
 					continue
 				}
-				var keepalive time.Duration
+				p := loopbackPeer(t, y.u, 0)
+				p.AllowedIPs = ips
 				if second && j > i {
-					keepalive = 25 * time.Second
+					p.PersistentKeepalive = 25 * time.Second
 				}
-				peers = append(peers, loopbackPeer(t, y.u, keepalive))
+				peers = append(peers, p)
 			}
 			if err := x.u.SetPeers(peers); err != nil {
 				t.Fatal(err)
@@ -141,6 +152,35 @@ func newFlowLab(t *testing.T, m *flow.Matrix) *flowLab {
 		}
 	}
 	return l
+}
+
+// subnet is the overlay prefix of domain d in this test.
+func subnet(d int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(77 + d), 0, 0}), 16)
+}
+
+// allowedIPs returns what x routes to peer y, or nil when y is no peer of
+// x. The controller and the rogue are everyone's peers, by their address.
+func (l *flowLab) allowedIPs(x, y *flowMember) []netip.Prefix {
+	if x == y {
+		return nil
+	}
+	host := []netip.Prefix{netip.PrefixFrom(y.addr, 32)}
+	if !l.via || x == l.ctl || x == l.rogue || y == l.ctl || y == l.rogue {
+		return host
+	}
+	xd, yd := l.m.ClassDomain(x.class), l.m.ClassDomain(y.class)
+	xgw, ygw := l.m.IsGateway(x.class), l.m.IsGateway(y.class)
+	other := func(d int) netip.Prefix { return subnet(1 - d) }
+	switch {
+	case xd == yd && ygw && !xgw:
+		return append(host, other(xd)) // my gateway: the other domain
+	case xd == yd:
+		return host
+	case xgw && ygw:
+		return append(host, subnet(yd)) // the other gateway: its domain
+	}
+	return nil
 }
 
 func shortRole(r string) string {
@@ -198,6 +238,10 @@ func (l *flowLab) serve(x *flowMember) {
 				}
 				go func() {
 					defer c.Close()
+					remote := c.RemoteAddr().String()
+					if h, _, err := net.SplitHostPort(remote); err == nil {
+						remote = h
+					}
 					c.SetDeadline(time.Now().Add(time.Minute))
 					r := bufio.NewReader(c)
 					for {
@@ -207,7 +251,7 @@ func (l *flowLab) serve(x *flowMember) {
 						}
 						if port == probePort {
 							x.mu.Lock()
-							x.from[strings.TrimSpace(line)]++
+							x.from[strings.TrimSpace(line)+"@"+remote]++
 							x.mu.Unlock()
 							fmt.Fprintf(c, "ok %s\n", x.name)
 							return
@@ -247,9 +291,10 @@ func (l *flowLab) run(cases []probeCase) {
 	l.t.Helper()
 	got := make([]bool, len(cases))
 	before := make([]int, len(cases))
+	key := func(c probeCase) string { return c.from.name + "@" + c.from.addr.String() }
 	for i, c := range cases {
 		c.to.mu.Lock()
-		before[i] = c.to.from[c.from.name]
+		before[i] = c.to.from[key(c)]
 		c.to.mu.Unlock()
 	}
 	var wg sync.WaitGroup
@@ -262,10 +307,15 @@ func (l *flowLab) run(cases []probeCase) {
 			l.t.Errorf("%s -> %s: passed %v, want %v (%s)", c.from.name, c.to.name, got[i], c.want, c.why)
 		}
 		c.to.mu.Lock()
-		n := c.to.from[c.from.name] - before[i]
+		n := c.to.from[key(c)] - before[i]
 		c.to.mu.Unlock()
 		if !c.want && n != 0 {
 			l.t.Errorf("%s -> %s: denied, yet the receiver accepted %d probes", c.from.name, c.to.name, n)
+		}
+		// The receiver saw the origin's own address, also through the
+		// gateways.
+		if got[i] && n != 1 {
+			l.t.Errorf("%s -> %s: passed, but the receiver counted %d probes from %s", c.from.name, c.to.name, n, c.from.addr)
 		}
 	}
 }
@@ -292,7 +342,7 @@ func (l *flowLab) counters() map[string]uint64 {
 // them.
 func TestUserspaceFlowMatrix(t *testing.T) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m)
+	l := newFlowLab(t, m, false)
 	var cases []probeCase
 	allowed := 0
 	for _, a := range l.members {
@@ -350,7 +400,7 @@ func (l *flowLab) member(domain, role string) *flowMember {
 // by nobody but the controller, everyone else is unaffected.
 func TestUserspaceFlowQuarantine(t *testing.T) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m)
+	l := newFlowLab(t, m, false)
 	q := l.member("yellow", "management-console")
 	l.apply(l.plan(q.name))
 	var cases []probeCase
@@ -377,7 +427,7 @@ func TestUserspaceFlowQuarantine(t *testing.T) {
 // and the flow resumes when the plan allows it again.
 func TestUserspaceFlowUpdate(t *testing.T) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m)
+	l := newFlowLab(t, m, false)
 	yg, rg, ro := l.member("yellow", "gateway"), l.member("red", "gateway"), l.member("red", "client-os")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -444,5 +494,50 @@ func TestUserspaceFlowUpdate(t *testing.T) {
 	}
 	if err := echo("after", 5*time.Second); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUserspaceFlowMatrixViaGateways: with the cross-domain routes through
+// the gateways, for every ordered pair of members a TCP connection passes
+// exactly when the matrix lets it through at all: straight
+// (flow.Matrix.Decide) or through the gateways (flow.Matrix.Via). The
+// gateways forward with the origin address kept, and refuse flows whose
+// origin may not cross (flow.Matrix.MayCross).
+func TestUserspaceFlowMatrixViaGateways(t *testing.T) {
+	m := outsourcingMatrix(t)
+	l := newFlowLab(t, m, true)
+	var cases []probeCase
+	through := 0
+	for _, a := range l.members {
+		for _, b := range l.members {
+			if a == b {
+				continue
+			}
+			d, via := m.Decide(a.class, b.class), m.Via(a.class, b.class)
+			why := d.Rule.String()
+			if !d.Direct && len(via) > 0 {
+				through++
+				var names []string
+				for _, g := range via {
+					dn, rn := m.ClassName(g)
+					names = append(names, dn+"/"+rn)
+				}
+				why += " via " + strings.Join(names, ", ")
+			}
+			cases = append(cases, probeCase{a, b, d.Direct || len(via) > 0, why})
+		}
+	}
+	if through == 0 {
+		t.Fatal("no pair of the matrix goes through the gateways")
+	}
+	l.run(cases)
+	c := l.counters()
+	if c[filter.CounterGatewayRefused] == 0 {
+		t.Errorf("deny-gateway-refused did not move: %v", c)
+	}
+	for _, n := range []string{filter.CounterSpoof, filter.CounterMisroute, filter.CounterViaDirect} {
+		if c[n] != 0 {
+			t.Errorf("counter %s = %d, want 0", n, c[n])
+		}
 	}
 }
