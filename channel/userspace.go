@@ -26,6 +26,16 @@ const BackendNetstack = "wireguard-go/netstack"
 // nothing is exposed beyond loopback; peers on one machine then use loopback
 // endpoints) and to all local addresses otherwise. It is safe for concurrent
 // use.
+//
+// With [WithFlowPlan] the interface is the attachment of one EE (the plan
+// member whose Iface is Config.Name): every packet between its stack and
+// wireguard-go is judged by channel/filter. What the userspace plane does
+// not do: it has no per-node view (each EE's interface filters its own
+// traffic, so a node is only where the interfaces run), it does not
+// isolate the EE process from the host's own network (the process driver
+// gives no network isolation; only traffic over [Userspace.Net] is
+// filtered), and a gateway forwards only between the prefixes routed on
+// its one interface.
 type Userspace struct {
 	cfg  Config
 	log  *slog.Logger

@@ -7,8 +7,30 @@
 // tun.Device between wireguard-go and the local stack, so every IPv4 and
 // IPv6 packet is judged in both directions before it reaches the other
 // side. The member of the plan whose Iface is the filter's Config.Iface is
-// the local end of every packet; the other end is on the overlay and is
-// known by the packet's address.
+// the local end of every packet. The other end is on the overlay: once the
+// filter knows the interface's WireGuard peers ([Filter.SetPeers]), it is
+// the peer WireGuard routes the packet's remote address to (the longest
+// matching allowed IP), and a peer that is one plan member is judged as
+// flow/nft judges a local EE behind its interface. Otherwise (no peers
+// given, or a peer that is no single member, such as a controller) the
+// overlay end is known by the packet's address, as flow/nft knows a remote
+// end.
+//
+// # Gateways
+//
+// Knowing the peer makes flows through gateways work across interfaces,
+// which flow/nft cannot do across nodes (see its documentation): a
+// via-gateway flow keeps its origin and final addresses end to end, and
+// each hop is judged with the real next or previous hop. WireGuard routes
+// the other domain's prefix to the domain's gateway, and the gateways'
+// prefixes to each other; [WrapGateway] makes a gateway's Device forward
+// an inbound packet that is not for the gateway back out (TTL or hop limit
+// decremented), judged again as the gateway's own outbound hop. So the
+// hops of a flow from yellow's management console to a red client are:
+// console to yellow gateway (allow-intra-domain; the gateway peer does not
+// own the destination, so the console's origin must be allowed to cross,
+// else deny-gateway-refused), yellow gateway to red gateway
+// (allow-point-to-point), red gateway to client (allow-intra-domain).
 //
 // # Semantics
 //
@@ -48,17 +70,24 @@
 // # Cost
 //
 // A packet of a known flow costs a header parse, two flow-table lookups at
-// most, one address-map lookup per remote end and one table read for the
-// verdict: O(1) in the number of members and classes, and no allocation.
-// A new flow allocates its table entry. [Filter.Apply] compiles the plan
-// into fresh tables (address maps; the verdict and cross tables are reused
+// most, and per overlay end one map lookup per prefix length among the
+// peers' allowed IPs (one or two in practice, at most 33 or 129) plus one
+// address-map lookup, then one table read for the verdict: O(1) in the
+// number of members, peers and classes, and no allocation. A new flow
+// allocates its table entry. [Filter.Apply] and [Filter.SetPeers] compile
+// fresh tables (address and route maps; the verdict and cross tables are
+// reused
 // when the matrix is the same) and swaps them in with one atomic store.
 //
 // # What it does not check
 //
-//   - It trusts the plan's addresses. The remote end is known only by the
-//     packet's address; that the address belongs to the peer that sent it
-//     is WireGuard's cryptokey routing (AllowedIPs), not the filter's.
+//   - It trusts the plan's addresses and the peers' allowed IPs it is
+//     given. That an inbound packet came from the peer its source address
+//     routes to is WireGuard's cryptokey routing (wireguard-go drops a
+//     packet whose source is not in its sender's allowed IPs), not the
+//     filter's. The filter's copy of the routes is updated right after
+//     wireguard-go's (channel.Userspace.SetPeers), so for the moment in
+//     between a packet may be judged with the old next hop.
 //   - Non-first IP fragments carry no ports: they are judged by addresses
 //     as a flow of their own, so a reply fragment of a flow whose reverse
 //     direction the matrix denies is dropped. ICMP errors are judged as
@@ -69,7 +98,8 @@
 //     and so is every packet of an interface that no plan member is behind,
 //     controller traffic included (fail closed), where flow/nft leaves an
 //     interface the plan does not list unfiltered.
-//   - Forwarding between domains: the filter judges a gateway's forwarded
-//     packets (rule 3) but does not forward; see channel.Userspace for what
-//     the userspace data plane does not do.
+//   - A gateway forwards only within its own interface (one WireGuard
+//     device on which both domains' prefixes are routed); it sends no ICMP
+//     errors (time exceeded, unreachable, packet too big), does not
+//     fragment, and drops forwarded packets beyond a queue of 64.
 package filter
