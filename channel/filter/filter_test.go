@@ -570,3 +570,48 @@ func TestCountersCount(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentJudgeApply judges from several goroutines while plans and
+// peers are swapped (run with -race): every verdict is one of the two
+// plans' verdicts for the packet.
+func TestConcurrentJudgeApply(t *testing.T) {
+	m := matrix(t)
+	mems := members(t, m)
+	yg, rg, yc := byName(t, mems, "y-gateway"), byName(t, mems, "r-gateway"), byName(t, mems, "y-management-console")
+	open, quar := planOf(m, mems), planOf(m, mems, rg.name)
+	f := newFilter(t, yg.iface, open, nil)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				v := f.Judge(tcp(yg.addr4, rg.addr4, uint16(g*10000+i%5000), 443), Outbound)
+				if v != VerdictP2PAllow && v != VerdictQuarantine {
+					t.Errorf("verdict %v", v)
+					return
+				}
+				if v := f.Judge(tcp(yc.addr4, yg.addr4, uint16(i), 22), Inbound); v != VerdictIntra {
+					t.Errorf("intra verdict %v", v)
+					return
+				}
+			}
+		})
+	}
+	for i := range 200 {
+		p := open
+		if i%2 == 0 {
+			p = quar
+		}
+		if err := f.Apply(p); err != nil {
+			t.Fatal(err)
+		}
+		f.SetPeers([][]netip.Prefix{{netip.PrefixFrom(rg.addr4, 32)}, {netip.PrefixFrom(yc.addr4, 32)}})
+	}
+	close(stop)
+	wg.Wait()
+}

@@ -34,6 +34,17 @@ func FuzzParse(f *testing.F) {
 	mems := members(f, m)
 	p := planOf(m, mems)
 	filt := newFilter(f, mems[1].iface, p, nil)
+	// Peers: each member by its addresses, the second one also routing
+	// a /16 and an IPv6 /20, so that both route paths are walked.
+	var peers [][]netip.Prefix
+	for i, mem := range mems {
+		ips := []netip.Prefix{netip.PrefixFrom(mem.addr4, 32), netip.PrefixFrom(mem.addr6, 128)}
+		if i == 2 {
+			ips = append(ips, netip.MustParsePrefix("10.0.0.0/9"), netip.MustParsePrefix("fd70::/20"))
+		}
+		peers = append(peers, ips)
+	}
+	filt.SetPeers(peers)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var pk packet
 		ok := parse(b, &pk)
