@@ -35,7 +35,20 @@ const (
 	probeWait = 3 * time.Second
 )
 
-var ctlAddr = netip.MustParseAddr("10.99.0.1")
+// labAddr is the test overlay address of host h in domain index d (d = 2
+// for the controller), IPv4 (10.77+d.0.h) or IPv6 (fd77:d::h).
+func labAddr(v6 bool, d, h int) netip.Addr {
+	if v6 {
+		return netip.AddrFrom16([16]byte{0xfd, 0x77, 2: 0, 3: byte(d), 15: byte(h)})
+	}
+	return netip.AddrFrom4([4]byte{10, byte(77 + d), 0, byte(h)})
+}
+
+// subnet is the overlay prefix of domain d in this test.
+func subnet(v6 bool, d int) netip.Prefix {
+	p, _ := labAddr(v6, d, 0).Prefix(map[bool]int{false: 16, true: 32}[v6])
+	return p
+}
 
 type flowMember struct {
 	name  string // EE name, also the interface name
@@ -51,6 +64,7 @@ type flowMember struct {
 type flowLab struct {
 	t       *testing.T
 	via     bool // cross-domain routes go through the gateways
+	v6      bool // the overlay is IPv6
 	m       *flow.Matrix
 	members []*flowMember
 	ctl     *flowMember // the controller: a member of no domain, unfiltered
@@ -72,18 +86,18 @@ func outsourcingMatrix(t testing.TB) *flow.Matrix {
 // every address straight to its owner; with via true a member reaches the
 // other domain only through its domain's gateway, and the two gateways
 // route each other's domain to each other (see peersOf).
-func newFlowLab(t *testing.T, m *flow.Matrix, via bool) *flowLab {
-	l := &flowLab{t: t, m: m, via: via}
+func newFlowLab(t *testing.T, m *flow.Matrix, via, v6 bool) *flowLab {
+	l := &flowLab{t: t, m: m, via: via, v6: v6}
 	for c := range m.NumClasses() {
 		d, r := m.ClassName(flow.ClassID(c))
 		dom, _ := m.DomainIndex(d)
 		l.members = append(l.members, &flowMember{
 			name: fmt.Sprintf("tvdus%d%s%s", c%3, d[:1], shortRole(r)), class: flow.ClassID(c), node: c % 3,
-			addr: netip.AddrFrom4([4]byte{10, byte(77 + dom), 0, byte(10 + c)}), from: map[string]int{},
+			addr: labAddr(v6, dom, 10+c), from: map[string]int{},
 		})
 	}
-	l.ctl = &flowMember{name: "tvdusctl", addr: ctlAddr, from: map[string]int{}}
-	l.rogue = &flowMember{name: "tvdusrogue", addr: netip.MustParseAddr("10.77.0.99"), from: map[string]int{}}
+	l.ctl = &flowMember{name: "tvdusctl", addr: labAddr(v6, 2, 1), from: map[string]int{}}
+	l.rogue = &flowMember{name: "tvdusrogue", addr: labAddr(v6, 0, 99), from: map[string]int{}} // in the first domain's subnet
 	plan := l.plan()
 	for _, x := range l.all() {
 		var opts []UserspaceOption
@@ -94,7 +108,7 @@ func newFlowLab(t *testing.T, m *flow.Matrix, via bool) *flowLab {
 			}
 		}
 		u, err := NewUserspace(Config{Name: x.name, Domain: "outsourcing", PrivateKey: mustKey(t),
-			Address: netip.PrefixFrom(x.addr, 8), ListenAddr: netip.MustParseAddr("127.0.0.1"), Logger: testLogger(t)}, opts...)
+			Address: netip.PrefixFrom(x.addr, x.addr.BitLen()), ListenAddr: netip.MustParseAddr("127.0.0.1"), Logger: testLogger(t)}, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,31 +168,26 @@ func newFlowLab(t *testing.T, m *flow.Matrix, via bool) *flowLab {
 	return l
 }
 
-// subnet is the overlay prefix of domain d in this test.
-func subnet(d int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(77 + d), 0, 0}), 16)
-}
-
 // allowedIPs returns what x routes to peer y, or nil when y is no peer of
 // x. The controller and the rogue are everyone's peers, by their address.
 func (l *flowLab) allowedIPs(x, y *flowMember) []netip.Prefix {
 	if x == y {
 		return nil
 	}
-	host := []netip.Prefix{netip.PrefixFrom(y.addr, 32)}
+	host := []netip.Prefix{netip.PrefixFrom(y.addr, y.addr.BitLen())}
 	if !l.via || x == l.ctl || x == l.rogue || y == l.ctl || y == l.rogue {
 		return host
 	}
 	xd, yd := l.m.ClassDomain(x.class), l.m.ClassDomain(y.class)
 	xgw, ygw := l.m.IsGateway(x.class), l.m.IsGateway(y.class)
-	other := func(d int) netip.Prefix { return subnet(1 - d) }
+	other := func(d int) netip.Prefix { return subnet(l.v6, 1-d) }
 	switch {
 	case xd == yd && ygw && !xgw:
 		return append(host, other(xd)) // my gateway: the other domain
 	case xd == yd:
 		return host
 	case xgw && ygw:
-		return append(host, subnet(yd)) // the other gateway: its domain
+		return append(host, subnet(l.v6, yd)) // the other gateway: its domain
 	}
 	return nil
 }
@@ -204,7 +213,7 @@ func (l *flowLab) plan(quarantine ...string) *flow.Plan {
 }
 
 func (l *flowLab) planWith(m *flow.Matrix, quarantine ...string) *flow.Plan {
-	p := &flow.Plan{Matrix: m, Controllers: []netip.Addr{ctlAddr}, Quarantine: quarantine}
+	p := &flow.Plan{Matrix: m, Controllers: []netip.Addr{l.ctl.addr}, Quarantine: quarantine}
 	for _, x := range l.members {
 		p.EEInterfaces = append(p.EEInterfaces, x.name)
 		p.Members = append(p.Members, flow.PlanMember{EE: x.name, Class: x.class, Addrs: []netip.Addr{x.addr}, Iface: x.name})
@@ -341,8 +350,18 @@ func (l *flowLab) counters() map[string]uint64 {
 // Direct; non-members and the controller are judged as flow/nft judges
 // them.
 func TestUserspaceFlowMatrix(t *testing.T) {
+	forFamilies(t, testUserspaceFlowMatrix)
+}
+
+// forFamilies runs test over an IPv4 and over an IPv6 overlay.
+func forFamilies(t *testing.T, test func(t *testing.T, v6 bool)) {
+	t.Run("ipv4", func(t *testing.T) { test(t, false) })
+	t.Run("ipv6", func(t *testing.T) { test(t, true) })
+}
+
+func testUserspaceFlowMatrix(t *testing.T, v6 bool) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m, false)
+	l := newFlowLab(t, m, false, v6)
 	var cases []probeCase
 	allowed := 0
 	for _, a := range l.members {
@@ -400,7 +419,7 @@ func (l *flowLab) member(domain, role string) *flowMember {
 // by nobody but the controller, everyone else is unaffected.
 func TestUserspaceFlowQuarantine(t *testing.T) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m, false)
+	l := newFlowLab(t, m, false, false)
 	q := l.member("yellow", "management-console")
 	l.apply(l.plan(q.name))
 	var cases []probeCase
@@ -427,7 +446,7 @@ func TestUserspaceFlowQuarantine(t *testing.T) {
 // and the flow resumes when the plan allows it again.
 func TestUserspaceFlowUpdate(t *testing.T) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m, false)
+	l := newFlowLab(t, m, false, false)
 	yg, rg, ro := l.member("yellow", "gateway"), l.member("red", "gateway"), l.member("red", "client-os")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -504,8 +523,12 @@ func TestUserspaceFlowUpdate(t *testing.T) {
 // gateways forward with the origin address kept, and refuse flows whose
 // origin may not cross (flow.Matrix.MayCross).
 func TestUserspaceFlowMatrixViaGateways(t *testing.T) {
+	forFamilies(t, testUserspaceFlowMatrixViaGateways)
+}
+
+func testUserspaceFlowMatrixViaGateways(t *testing.T, v6 bool) {
 	m := outsourcingMatrix(t)
-	l := newFlowLab(t, m, true)
+	l := newFlowLab(t, m, true, v6)
 	var cases []probeCase
 	through := 0
 	for _, a := range l.members {
