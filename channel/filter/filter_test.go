@@ -33,16 +33,14 @@ func matrix(t testing.TB) *flow.Matrix {
 // member is one test EE: a class of the outsourcing matrix, an IPv4 and an
 // IPv6 overlay address, and the interface it sits behind.
 type member struct {
-	name       string
-	domain     string
-	role       string
-	addr4      netip.Addr
-	addr6      netip.Addr
-	iface      string
-	class      flow.ClassID
-	isGateway  bool
-	isYellow   bool
-	controller bool
+	name      string
+	domain    string
+	role      string
+	addr4     netip.Addr
+	addr6     netip.Addr
+	iface     string
+	class     flow.ClassID
+	isGateway bool
 }
 
 var (
