@@ -35,21 +35,25 @@
 // # Semantics
 //
 // The rules are flow/nft's (see its package documentation), judged per hop
-// from the hop's origin-side end to its final-side end, in the same order
-// and counted under the same counter names:
+// from the hop's origin-side end to its final-side end, in the order of
+// its rules, and counted under the same counter names:
 //
-//  1. a controller address on either end accepts (allow-controller), even
-//     for a quarantined member;
-//  2. a quarantined member on either end drops (deny-quarantine);
-//  3. a local end that does not own the packet's address on that end is a
-//     spoofer (deny-spoofed-source, deny-misrouted) unless the local member
-//     is a gateway, which may forward only flows whose origin class may
-//     cross into the final address's domain (flow.Matrix.MayCross), else
-//     deny-gateway-refused;
-//  4. the two classes select the verdict of flow.Matrix.Decide:
-//     allow-intra-domain, allow-unrestricted, allow-point-to-point,
-//     deny-point-to-point, deny-none, deny-via-gateway-direct;
-//  5. an end that is no member drops (deny-non-member).
+//  1. an end at an interface (the local member, or a peer that is one
+//     member) that does not own the packet's address on that end is a
+//     spoofer (deny-spoofed-source at the origin end, deny-misrouted at
+//     the final end) unless its member is a gateway, which may forward
+//     only flows whose origin class may cross into the final address's
+//     domain (flow.Matrix.MayCross), else deny-gateway-refused;
+//  2. then the hop's two classes (an end at an interface by its member,
+//     any other end by its address) select the verdict: a controller
+//     address on either end accepts (allow-controller), even for a
+//     quarantined member; else a quarantined member on either end drops
+//     (deny-quarantine);
+//  3. else flow.Matrix.Decide: allow-intra-domain, allow-unrestricted,
+//     allow-point-to-point, deny-point-to-point, deny-none,
+//     deny-via-gateway-direct;
+//  4. an end that is no member, and no controller address, drops
+//     (deny-non-member).
 //
 // Two counters have no nftables counterpart: deny-malformed (not a
 // well-formed IPv4 or IPv6 packet) and deny-flow-table-full.
