@@ -81,7 +81,7 @@
 // allocates its table entry. [Filter.Apply] and [Filter.SetPeers] compile
 // fresh tables (address and route maps; the verdict and cross tables are
 // reused
-// when the matrix is the same) and swaps them in with one atomic store.
+// when the matrix is the same) and swap them in with one atomic store.
 //
 // # What it does not check
 //
