@@ -80,8 +80,8 @@
 // number of members, peers and classes, and no allocation. A new flow
 // allocates its table entry. [Filter.Apply] and [Filter.SetPeers] compile
 // fresh tables (address and route maps; the verdict and cross tables are
-// reused
-// when the matrix is the same) and swap them in with one atomic store.
+// reused when the matrix is the same) and swap them in with one atomic
+// store.
 //
 // # What it does not check
 //
