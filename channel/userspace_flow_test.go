@@ -564,3 +564,25 @@ func testUserspaceFlowMatrixViaGateways(t *testing.T, v6 bool) {
 		}
 	}
 }
+
+// TestUserspaceFlowQuarantinedGateway: with the routes through the
+// gateways, quarantining the yellow gateway cuts every flow it forwards,
+// while flows inside each domain go on and the gateway still reaches the
+// controller.
+func TestUserspaceFlowQuarantinedGateway(t *testing.T) {
+	m := outsourcingMatrix(t)
+	l := newFlowLab(t, m, true, false)
+	yg, ym := l.member("yellow", "gateway"), l.member("yellow", "management-console")
+	rg, ro, rd := l.member("red", "gateway"), l.member("red", "client-os"), l.member("red", "domain-controller")
+	l.run([]probeCase{{ym, ro, true, "via-gateway, before the quarantine"}})
+	l.apply(l.plan(yg.name))
+	l.run([]probeCase{
+		{ym, ro, false, "through the quarantined gateway"},
+		{rd, ym, false, "through the quarantined gateway"},
+		{rg, ym, false, "through the quarantined gateway"},
+		{yg, rg, false, "from the quarantined gateway"},
+		{yg, l.ctl, true, "quarantined gateway to controller"},
+		{rd, ro, true, "inside red"},
+		{ym, l.member("yellow", "domain-controller"), true, "inside yellow"},
+	})
+}
