@@ -15,7 +15,11 @@
 //     netstack, for development without root and for the process isolation
 //     driver: the caller dials and listens on [Userspace.Net], and the
 //     underlay is an ordinary UDP socket, optionally bound to one address
-//     such as 127.0.0.1 (Config.ListenAddr).
+//     such as 127.0.0.1 (Config.ListenAddr). Given a flow plan
+//     ([WithFlowPlan]), the interface is filtered in the process by package
+//     channel/filter, with flow/nft's decisions and counter names; a gateway
+//     EE's interface ([WithGateway]) also forwards between domains, keeping
+//     the origin address.
 //
 // [InterfaceName] gives the conventional interface name for a domain, and
 // [LoadOrCreateKey] the node's persistent key for it.
@@ -32,7 +36,8 @@
 //
 // What the channel does NOT do: it does not decide who is a member (the
 // controller does, and hands the agent the peer list), it does not filter
-// cross-domain traffic (package flow does), and it does not authenticate
+// cross-domain traffic on the TUN plane (flow/nft does; the userspace plane
+// filters with channel/filter when given a plan), and it does not authenticate
 // underlay endpoints beyond what WireGuard's Noise handshake proves (that the
 // sender holds the private key of a configured peer).
 package channel
