@@ -2,7 +2,12 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/tvd-dev/tvd/ca"
 )
@@ -23,11 +28,72 @@ func (c *Controller) identify(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var cl caller
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			cl.id, cl.err = c.ca.Bundle().PeerIdentity(r.TLS, c.now())
+			cl.id, cl.err = c.ids.identity(c.ca.Bundle(), r.TLS.PeerCertificates, c.now())
 			cl.ok = cl.err == nil
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), identityKey{}, cl)))
 	})
+}
+
+// idCache remembers the identities of certificate chains already verified
+// against the bundle, so that an agent's chain is verified once, not on
+// every report. An entry holds only while every certificate of the chain
+// is within its validity period; a different bundle empties the cache.
+// Revocation is not the cache's business: the callers compare serials with
+// the current records (requireNode).
+type idCache struct {
+	mu     sync.Mutex
+	bundle *ca.Bundle
+	m      map[[32]byte]cachedID
+}
+
+type cachedID struct {
+	id          ca.Identity
+	from, until time.Time
+}
+
+// maxCachedIDs bounds the cache; when full it starts again.
+const maxCachedIDs = 1 << 16
+
+func (ic *idCache) identity(b *ca.Bundle, chain []*x509.Certificate, now time.Time) (ca.Identity, error) {
+	h := sha256.New()
+	from, until := time.Time{}, time.Time{}
+	for i, c := range chain {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(c.Raw)))
+		h.Write(n[:])
+		h.Write(c.Raw)
+		if i == 0 || c.NotBefore.After(from) {
+			from = c.NotBefore
+		}
+		if i == 0 || c.NotAfter.Before(until) {
+			until = c.NotAfter
+		}
+	}
+	var key [32]byte
+	h.Sum(key[:0])
+	ic.mu.Lock()
+	if ic.bundle != b {
+		ic.bundle, ic.m = b, map[[32]byte]cachedID{}
+	}
+	e, ok := ic.m[key]
+	ic.mu.Unlock()
+	if ok && !now.Before(e.from) && now.Before(e.until) {
+		return e.id, nil
+	}
+	id, err := b.Verify(chain, now)
+	if err != nil {
+		return id, err
+	}
+	ic.mu.Lock()
+	if ic.bundle == b {
+		if len(ic.m) >= maxCachedIDs {
+			ic.m = map[[32]byte]cachedID{}
+		}
+		ic.m[key] = cachedID{id: id, from: from, until: until}
+	}
+	ic.mu.Unlock()
+	return id, nil
 }
 
 func callerOf(ctx context.Context) caller {

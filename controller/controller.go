@@ -92,6 +92,7 @@ type Controller struct {
 	now   func() time.Time
 	st    store.Store
 	gs    *groupStore // st: every write in order, reports group-committed
+	ids   idCache     // verified client certificate chains
 	ca    *ca.CA
 	tls   *tls.Config
 	audit *auditor
