@@ -239,12 +239,7 @@ func (c *Controller) admit(n *nodeRec, spec *tvdv1.EESpec, now time.Time, taken,
 	if err != nil {
 		return m, err.Error()
 	}
-	inRole := 0
-	for _, o := range c.s.members {
-		if o.active() && o.Domain == m.Domain && o.Role == m.Role && o.EE != m.EE {
-			inRole++
-		}
-	}
+	inRole := c.s.inRole(m.Domain, m.Role, m.EE)
 	assurance, _ := tvd.ParseAssurance(n.Assurance)
 	iso, _ := claims["ee.isolation"].(string)
 	adm := d.Admit(policy.Candidate{Role: m.Role, Assurance: assurance, Isolation: iso, Claims: claims, InRole: inRole})

@@ -156,6 +156,24 @@ type state struct {
 	planHash map[string][32]byte
 	// ops are the EE operations (tvd ee), by id.
 	ops map[string]*eeOpRec
+
+	// Indexes kept by put, so that admission does not scan every member:
+	// what each member was indexed as, active members per (domain, role),
+	// addresses held per domain, and per domain an address at or below the
+	// lowest free one.
+	indexed   map[string]memberIndex
+	roleCount map[[2]string]int
+	addrUsed  map[string]map[netip.Addr]int // holders per address (one, unless records disagree)
+	addrLow   map[string]netip.Addr
+}
+
+// memberIndex is what put indexed a member record as (records may be
+// changed in place before they are put again, so the old values are kept
+// here, not read back from the record).
+type memberIndex struct {
+	domain, role string
+	active       bool
+	addr         netip.Addr // valid if the member holds its address
 }
 
 func newState() *state {
@@ -166,6 +184,11 @@ func newState() *state {
 		planVer:  map[string]uint64{},
 		planHash: map[string][32]byte{},
 		ops:      map[string]*eeOpRec{},
+
+		indexed:   map[string]memberIndex{},
+		roleCount: map[[2]string]int{},
+		addrUsed:  map[string]map[netip.Addr]int{},
+		addrLow:   map[string]netip.Addr{},
 	}
 }
 
@@ -257,18 +280,20 @@ func (s *state) allocAddress(d *policy.DomainPolicy, reserved map[string]bool) (
 	if err != nil {
 		return "", fmt.Errorf("domain %q subnet: %w", d.Name, err)
 	}
-	used := map[string]bool{}
-	for a := range reserved {
-		used[a] = true
-	}
-	for _, m := range s.members {
-		if m.Domain == d.Name && m.Address != "" && (m.active() || m.State == memberRevoked || m.State == memberMigrating) {
-			used[m.Address] = true
+	pfx = pfx.Masked()
+	res := make(map[netip.Addr]bool, len(reserved))
+	for r := range reserved {
+		if a, err := netip.ParseAddr(r); err == nil {
+			res[a] = true
 		}
 	}
+	used := s.addrUsed[d.Name]
 	a := pfx.Addr().Next().Next()
+	if low, ok := s.addrLow[d.Name]; ok && pfx.Contains(low) && a.Less(low) {
+		a = low
+	}
 	for pfx.Contains(a) {
-		if !used[a.String()] {
+		if used[a] == 0 && !res[a] {
 			next := a.Next()
 			if !pfx.Contains(next) && a.Is4() { // the broadcast address
 				break
@@ -280,12 +305,62 @@ func (s *state) allocAddress(d *policy.DomainPolicy, reserved map[string]bool) (
 	return "", errPrecondition("domain %q: no free overlay address in %s", d.Name, d.Subnet)
 }
 
+// inRole is how many active members other than ee the role of the domain
+// has.
+func (s *state) inRole(domain, role, ee string) int {
+	n := s.roleCount[[2]string{domain, role}]
+	if ix, ok := s.indexed[ee]; ok && ix.active && ix.domain == domain && ix.role == role {
+		n--
+	}
+	return n
+}
+
+// index adds m to the indexes, or with remove takes out what it was
+// indexed as.
+func (s *state) index(ee string, m *memberRec) {
+	if old, ok := s.indexed[ee]; ok {
+		if old.active {
+			s.roleCount[[2]string{old.domain, old.role}]--
+		}
+		if old.addr.IsValid() {
+			if s.addrUsed[old.domain][old.addr]--; s.addrUsed[old.domain][old.addr] <= 0 {
+				delete(s.addrUsed[old.domain], old.addr)
+			}
+			if low, ok := s.addrLow[old.domain]; ok && old.addr.Less(low) {
+				s.addrLow[old.domain] = old.addr
+			}
+		}
+		delete(s.indexed, ee)
+	}
+	if m == nil {
+		return
+	}
+	ix := memberIndex{domain: m.Domain, role: m.Role, active: m.active()}
+	if ix.active {
+		s.roleCount[[2]string{m.Domain, m.Role}]++
+	}
+	if m.Address != "" && (m.active() || m.State == memberRevoked || m.State == memberMigrating) {
+		if a, err := netip.ParseAddr(m.Address); err == nil {
+			ix.addr = a
+			if s.addrUsed[m.Domain] == nil {
+				s.addrUsed[m.Domain] = map[netip.Addr]int{}
+			}
+			s.addrUsed[m.Domain][a]++
+			if low, ok := s.addrLow[m.Domain]; ok && low == a {
+				s.addrLow[m.Domain] = a.Next()
+			}
+		}
+	}
+	s.indexed[ee] = ix
+}
+
 // put stores m as the record of its EE and keeps the per-node index.
 func (s *state) put(m *memberRec) {
 	if old := s.members[m.EE]; old != nil && old.Node != m.Node {
 		delete(s.byNode[old.Node], m.EE)
 	}
 	s.members[m.EE] = m
+	s.index(m.EE, m)
 	if s.byNode[m.Node] == nil {
 		s.byNode[m.Node] = map[string]*memberRec{}
 	}
