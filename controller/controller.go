@@ -101,7 +101,12 @@ type Controller struct {
 	refusals tlsRefusals
 	// matrix memoizes the serialized flow matrix of the current policy
 	// (flowMatrix); guarded by mu.
-	matrix struct {
+	// master derives domain secrets and storage keys (secrets.go);
+	// released lists the EEs whose secrets were released and not yet
+	// withdrawn (in memory only: a restart forgets it). Both guarded by mu.
+	master   []byte
+	released map[string]bool
+	matrix   struct {
 		comp *policy.Compiled
 		wire []byte
 		id   string
@@ -168,6 +173,10 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.ca.TrustDomain() != cfg.TrustDomain && cfg.TrustDomain != DefaultTrustDomain {
 		return nil, fmt.Errorf("controller: the store's CA is for trust domain %q, not %q", c.ca.TrustDomain(), cfg.TrustDomain)
 	}
+	if c.master, err = loadOrCreateMaster(ctx, c.st, kek); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	c.released = map[string]bool{}
 	if c.audit, err = openAuditor(ctx, filepath.Join(cfg.DataDir, "audit"), c.ca.TrustDomain(), c.log, c.now); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
@@ -354,6 +363,7 @@ func (c *Controller) Handler() http.Handler {
 	opts := []connect.HandlerOption{connect.WithReadMaxBytes(maxRequestBytes)}
 	mux.Handle(tvdv1connect.NewAgentServiceHandler(&agentService{c}, opts...))
 	mux.Handle(tvdv1connect.NewAdminServiceHandler(&adminService{c}, opts...))
+	mux.Handle(tvdv1connect.NewSecretServiceHandler(&secretService{c}, opts...))
 	mux.Handle(web.Prefix, c.WebHandler())
 	return c.identify(mux)
 }

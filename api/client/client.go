@@ -30,7 +30,9 @@ type Client struct {
 	URL   string
 	Admin tvdv1connect.AdminServiceClient
 	Agent tvdv1connect.AgentServiceClient
-	HTTP  *http.Client
+	// Secrets releases members' secrets and answers peer checks (agents).
+	Secrets tvdv1connect.SecretServiceClient
+	HTTP    *http.Client
 }
 
 // New returns a client for the controller at rawURL ("https://host:port")
@@ -56,10 +58,11 @@ func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
 	tr.Protocols.SetHTTP2(true)
 	hc := &http.Client{Transport: tr}
 	return &Client{
-		URL:   base,
-		Admin: tvdv1connect.NewAdminServiceClient(hc, base),
-		Agent: tvdv1connect.NewAgentServiceClient(hc, base),
-		HTTP:  hc,
+		URL:     base,
+		Admin:   tvdv1connect.NewAdminServiceClient(hc, base),
+		Agent:   tvdv1connect.NewAgentServiceClient(hc, base),
+		Secrets: tvdv1connect.NewSecretServiceClient(hc, base),
+		HTTP:    hc,
 	}, nil
 }
 
