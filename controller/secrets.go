@@ -21,6 +21,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -241,7 +242,15 @@ func (c *Controller) checkPeer(ctx context.Context, r *tvdv1.SecretServiceCheckP
 		return nil, err
 	}
 	info := &tvdv1.PeerInfo{}
-	id, err := c.ca.Bundle().VerifyDER(r.GetCertChain(), c.now())
+	// The chain says who the peer is; its current standing comes from the
+	// member record. A chain that expired since its handshake (a live
+	// connection across a rotation) still names its member: checking the
+	// validity period at the handshake is the caller's (the SDK does).
+	at := c.now()
+	if leaf, err := x509.ParseCertificate(r.GetCertChain()[0]); err == nil && leaf.NotAfter.Before(at) {
+		at = leaf.NotAfter
+	}
+	id, err := c.ca.Bundle().VerifyDER(r.GetCertChain(), at)
 	if err != nil {
 		info.Reason = "not a valid identity of this deployment: " + err.Error()
 		return info, nil
@@ -296,10 +305,10 @@ func (c *Controller) flowAllowed(a, b *memberRec) bool {
 		return false
 	}
 	mx := c.s.policy.Matrix
-	ca, ok1 := mx.Class(a.Domain, a.Role)
-	cb, ok2 := mx.Class(b.Domain, b.Role)
+	ka, ok1 := mx.Class(a.Domain, a.Role)
+	kb, ok2 := mx.Class(b.Domain, b.Role)
 	if !ok1 || !ok2 {
 		return false
 	}
-	return mx.Decide(ca, cb).Direct || mx.Decide(cb, ca).Direct
+	return mx.Decide(ka, kb).Direct || mx.Decide(kb, ka).Direct
 }

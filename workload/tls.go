@@ -54,7 +54,7 @@ func (c *Client) TLSConfig(server bool, opts ...Option) *tls.Config {
 			return cert, err
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := c.authorise(cs, o)
+			_, err := c.authorise(cs, o, true)
 			return err
 		},
 	}
@@ -67,8 +67,11 @@ func (c *Client) TLSConfig(server bool, opts ...Option) *tls.Config {
 	return cfg
 }
 
-// authorise verifies the peer's chain and asks about the peer.
-func (c *Client) authorise(cs tls.ConnectionState, o options) (*Peer, error) {
+// authorise verifies the peer's chain and asks about the peer. At a
+// handshake the chain must be valid now; later (a live connection across
+// a rotation) it must have been valid, and the peer's current standing
+// decides.
+func (c *Client) authorise(cs tls.ConnectionState, o options, handshake bool) (*Peer, error) {
 	if len(cs.PeerCertificates) == 0 {
 		if o.nonMembers {
 			return &Peer{Reason: "the peer presented no certificate", anonymousNonMember: true, checked: time.Now()}, nil
@@ -84,7 +87,11 @@ func (c *Client) authorise(cs tls.ConnectionState, o options) (*Peer, error) {
 			return nil, err
 		}
 	}
-	if _, err := bundle.Verify(cs.PeerCertificates, time.Now()); err != nil {
+	at := time.Now()
+	if leaf := cs.PeerCertificates[0]; !handshake && leaf.NotAfter.Before(at) {
+		at = leaf.NotAfter
+	}
+	if _, err := bundle.Verify(cs.PeerCertificates, at); err != nil {
 		return nil, fmt.Errorf("workload: peer certificate: %w", err)
 	}
 	raw := make([][]byte, len(cs.PeerCertificates))
@@ -122,7 +129,7 @@ func (c *Client) PeerInfo(conn net.Conn) (*Peer, error) {
 // PeerInfoState is PeerInfo for a connection's TLS state, such as an
 // http.Request's TLS field.
 func (c *Client) PeerInfoState(cs tls.ConnectionState) (*Peer, error) {
-	return c.authorise(cs, options{nonMembers: true})
+	return c.authorise(cs, options{nonMembers: true}, false)
 }
 
 // PeerFromRequest is PeerInfoState for an HTTP request served over a

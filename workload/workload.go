@@ -136,10 +136,21 @@ func Open(ctx context.Context) (*Client, error) {
 	return OpenSocket(ctx, path)
 }
 
-// OpenSocket is Open for the socket at path.
+// OpenSocket is Open for the socket at path; it waits for the socket to
+// appear.
 func OpenSocket(ctx context.Context, path string) (*Client, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("workload: API socket: %w (is this an EE of a TVD node? set %s to override)", err, EnvSocket)
+	// The application may start before the agent serves its socket: wait
+	// for it as long as ctx allows.
+	for {
+		_, err := os.Stat(path)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("workload: API socket: %w (is this an EE of a TVD node? set %s to override)", err, EnvSocket)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
