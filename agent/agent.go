@@ -301,6 +301,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
+	for i := range a.cfg.Node.EEs {
+		a.cfg.Node.EEs[i].WorkloadDir = a.WorkloadDir(a.cfg.Node.EEs[i].Name)
+	}
 	if a.cfg.EEs != nil {
 		// The EEs start before the node talks to the controller: their
 		// images and first execs are measured, and the first report

@@ -470,7 +470,7 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 		cleanups = append(cleanups, func() { unbindNetNS(p) })
 	}
 	cfg := &initConfig{Lower: in.lower, Upper: in.upper(), Work: in.work(), Root: in.root(),
-		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env, UserNS: d.userns}
+		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env, UserNS: d.userns, Binds: in.spec.Binds}
 	if err := writeMsg(r.ctl, ctlMsg{Op: "config", Config: cfg}); err != nil {
 		return nil, fmt.Errorf("configure supervisor: %w", err)
 	}

@@ -7,6 +7,7 @@
 //
 //	shop serve [-listen :8443] [-data /var/lib/shop]
 //	shop order -amount 150.00 [-item book] https://10.91.0.2:8443
+//	shop whoami
 //
 // Both run inside an EE of a TVD node; see README.md.
 package main
@@ -146,6 +147,44 @@ func PlaceOrder(ctx context.Context, hc *http.Client, base string, o Order) (Rec
 	return rc, resp.StatusCode, nil
 }
 
+func whoami(w io.Writer) error {
+	c, err := workload.Default()
+	if err != nil {
+		return err
+	}
+	id, err := c.Identity()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	key, err := c.Secret(ctx, "order-signing-key")
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "whoami-")
+	if err != nil {
+		return err
+	}
+	st, err := c.OpenStore(dir)
+	if err != nil {
+		return err
+	}
+	if err := st.Put(ctx, "probe", []byte("sealed")); err != nil {
+		return err
+	}
+	got, err := st.Get(ctx, "probe")
+	if err != nil {
+		return err
+	}
+	ents, _ := os.ReadDir("/run/tvd")
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	fmt.Fprintf(w, "whoami %s secret=%d store=%s run-tvd=%v\n", id.SPIFFEID, len(key), got, names)
+	return nil
+}
+
 func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if len(os.Args) < 2 {
@@ -202,6 +241,13 @@ func main() {
 		fmt.Println(strconv.Itoa(code), string(b))
 		if !rc.Accepted {
 			os.Exit(3)
+		}
+	case "whoami":
+		// What the TVD tells this EE: its identity, its secrets, a sealed
+		// round trip, and what its Workload API directory holds.
+		if err := whoami(os.Stdout); err != nil {
+			log.Error("whoami", "err", err)
+			os.Exit(1)
 		}
 	default:
 		fmt.Fprintf(os.Stderr, "shop: unknown command %q\n", os.Args[1])
