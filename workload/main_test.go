@@ -73,7 +73,7 @@ func withDeployment(m *testing.M) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	pol, err := policy.Load(filepath.Join("..", "examples", "shop", "shop.yaml"))
+	pol, err := policy.Load(filepath.Join("..", "examples", "shop", "shop.yaml"), filepath.Join("..", "examples", "shop", "reference-values.yaml"))
 	if err != nil {
 		return 0, err
 	}

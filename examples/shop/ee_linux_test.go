@@ -50,7 +50,7 @@ func TestInsideAContainerEE(t *testing.T) {
 	}
 
 	env := tvdtest.New(t, tvdtest.Options{})
-	env.ApplyPolicy("shop.yaml")
+	env.ApplyPolicy("shop.yaml", "reference-values.yaml")
 	eeDir := filepath.Join(dir, "ee")
 	drv, err := eehost.NewDriver(eehost.DriverLinux, eeDir, nil)
 	if err != nil {

@@ -40,7 +40,7 @@ type deployment struct {
 func setup(t *testing.T, ttl time.Duration) *deployment {
 	t.Helper()
 	env := tvdtest.New(t, tvdtest.Options{MemberTTL: ttl})
-	env.ApplyPolicy("shop.yaml")
+	env.ApplyPolicy("shop.yaml", "reference-values.yaml")
 	d := &deployment{env: env}
 	d.shopNode = env.StartAgent(agent.NodeConfig{Node: "tvdwl-shop", EEs: []agent.EEConfig{{Name: "shop-web", Domain: "shop", Role: "web", Owner: "example-shop"}}})
 	d.custNode = env.StartAgent(agent.NodeConfig{Node: "tvdwl-cust", EEs: []agent.EEConfig{{Name: "alice", Domain: "shop", Role: "customer", Owner: "alice"}}})
