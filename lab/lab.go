@@ -732,7 +732,7 @@ func Down(ctx context.Context, dir string, keepFiles bool, out io.Writer) error 
 
 // labFiles are the entries the lab writes in LABDIR; Down removes only
 // these, so a mistaken --dir never loses anything else.
-var labFiles = []string{"ca", "controller", "controller.log", "creds", "nodes", "policy", StateFile, StateFile + ".tmp"}
+var labFiles = []string{"ca", "controller", "controller.log", "creds", "images", "nodes", "policy", StateFile, StateFile + ".tmp"}
 
 func removeFiles(dir string) error {
 	for _, f := range labFiles {

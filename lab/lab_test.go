@@ -440,6 +440,7 @@ func TestShopLab(t *testing.T) {
 		{"walkin", "150", `403 {"accepted":false,"member":false`},
 	} {
 		out, err := order(tc.ee, tc.dollars)
+		t.Logf("%s orders $%s: %s", tc.ee, tc.dollars, strings.TrimSpace(out))
 		if !strings.Contains(out, tc.want) {
 			t.Errorf("%s orders $%s: %v\n%s\nwant %s", tc.ee, tc.dollars, err, out, tc.want)
 		}
