@@ -30,6 +30,10 @@ import (
 // EE the directory is mounted at /run/tvd.
 const WorkloadSocketName = "workload.sock"
 
+// maxSocketPath is the longest unix socket path Linux accepts (sun_path
+// holds 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
 // released is what the controller released for one member.
 type released struct {
 	policyVersion uint64
@@ -71,6 +75,9 @@ func (a *Agent) serveWorkload(ctx context.Context) ([]*http.Server, error) {
 			return servers, fmt.Errorf("workload API for EE %s: %w", e.Name, err)
 		}
 		path := filepath.Join(dir, WorkloadSocketName)
+		if len(path) > maxSocketPath {
+			return servers, fmt.Errorf("workload API for EE %s: socket path %s is %d bytes; unix sockets allow at most %d (use a shorter --data directory)", e.Name, path, len(path), maxSocketPath)
+		}
 		os.Remove(path)
 		l, err := net.Listen("unix", path)
 		if err != nil {

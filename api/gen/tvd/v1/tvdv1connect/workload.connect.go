@@ -50,9 +50,9 @@ const (
 // WorkloadServiceClient is a client for the tvd.v1.WorkloadService service.
 type WorkloadServiceClient interface {
 	// WatchIdentity streams the EE's member identity: the current one first,
-	// then every renewal (the agent renews at half the certificate's life).
-	// The stream ends with FAILED_PRECONDITION when the EE is no longer a
-	// member in good standing.
+	// then every renewal (the agent renews at half the certificate's life,
+	// and only while the member is in good standing). The stream ends with
+	// FAILED_PRECONDITION when the EE is no longer a member (revoked, left).
 	WatchIdentity(context.Context, *connect.Request[v1.WatchIdentityRequest]) (*connect.ServerStreamForClient[v1.WatchIdentityResponse], error)
 	// CheckPeer says who presented a certificate chain: its member identity
 	// and whether its domain's policy lets this EE talk to it, its trust
@@ -134,9 +134,9 @@ func (c *workloadServiceClient) GetStorageKey(ctx context.Context, req *connect.
 // WorkloadServiceHandler is an implementation of the tvd.v1.WorkloadService service.
 type WorkloadServiceHandler interface {
 	// WatchIdentity streams the EE's member identity: the current one first,
-	// then every renewal (the agent renews at half the certificate's life).
-	// The stream ends with FAILED_PRECONDITION when the EE is no longer a
-	// member in good standing.
+	// then every renewal (the agent renews at half the certificate's life,
+	// and only while the member is in good standing). The stream ends with
+	// FAILED_PRECONDITION when the EE is no longer a member (revoked, left).
 	WatchIdentity(context.Context, *connect.Request[v1.WatchIdentityRequest], *connect.ServerStream[v1.WatchIdentityResponse]) error
 	// CheckPeer says who presented a certificate chain: its member identity
 	// and whether its domain's policy lets this EE talk to it, its trust
