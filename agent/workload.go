@@ -64,6 +64,15 @@ func (a *Agent) WorkloadSocket(ee string) string {
 // serveWorkload listens on every EE's socket and serves until ctx ends.
 func (a *Agent) serveWorkload(ctx context.Context) ([]*http.Server, error) {
 	var servers []*http.Server
+	// On the host only the agent may reach the sockets: the parent is
+	// 0700; each EE's directory is opened up inside the EE by its mount.
+	top := filepath.Join(a.cfg.DataDir, "workload")
+	if err := os.MkdirAll(top, 0o700); err != nil {
+		return nil, fmt.Errorf("workload API: %w", err)
+	}
+	if err := os.Chmod(top, 0o700); err != nil {
+		return nil, fmt.Errorf("workload API: %w", err)
+	}
 	for _, e := range a.cfg.Node.EEs {
 		dir := a.WorkloadDir(e.Name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
