@@ -101,12 +101,9 @@ type Controller struct {
 	refusals tlsRefusals
 	// matrix memoizes the serialized flow matrix of the current policy
 	// (flowMatrix); guarded by mu.
-	// master derives domain secrets and storage keys (secrets.go);
-	// released lists the EEs whose secrets were released and not yet
-	// withdrawn (in memory only: a restart forgets it). Both guarded by mu.
-	master   []byte
-	released map[string]bool
-	matrix   struct {
+	// master derives domain secrets and storage keys (secrets.go).
+	master []byte
+	matrix struct {
 		comp *policy.Compiled
 		wire []byte
 		id   string
@@ -176,7 +173,6 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.master, err = loadOrCreateMaster(ctx, c.st, kek); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	c.released = map[string]bool{}
 	if c.audit, err = openAuditor(ctx, filepath.Join(cfg.DataDir, "audit"), c.ca.TrustDomain(), c.log, c.now); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}

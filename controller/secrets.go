@@ -187,32 +187,59 @@ func (c *Controller) release(ctx context.Context, r *tvdv1.ReleaseRequest) (*tvd
 		return nil, fmt.Errorf("derive storage key: %w", err)
 	}
 	resp.StorageKey, resp.StorageKeyId, resp.StorageScope = key, id, strings.SplitN(id, ":", 2)[0]
-	c.released[m.EE] = true
+	if !m.SecretsReleased {
+		cp := *m
+		cp.SecretsReleased = true
+		op, err := putJSON(prefixMembers+m.EE, &cp)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.st.Commit(ctx, store.Batch{Ops: []store.Op{op}}); err != nil {
+			return nil, fmt.Errorf("release %s: %w", m.member(), err)
+		}
+		c.s.put(&cp)
+	}
 	c.record(ctx, audit.Entry{Kind: audit.KindSecret, Subject: subject, Domain: m.Domain, Detail: map[string]string{
 		"action": "release", "node": m.Node, "secrets": strings.Join(names, ","), "storage_key": id, "policy_version": strconv.FormatUint(c.s.polVer, 10)}})
 	return resp, nil
 }
 
 // auditWithdrawals records the withdrawal of the secrets of every member
-// of node that had them released and is no longer in good standing, as the
-// plan that withdraws them goes out. c.mu must be held.
+// of node that holds released secrets and is no longer in good standing,
+// as the plan that withdraws them goes out. c.mu must be held.
 func (c *Controller) auditWithdrawals(ctx context.Context, node string) {
-	for ee := range c.released {
-		m := c.s.members[ee]
-		if m == nil || m.Node != node {
-			if m == nil {
-				delete(c.released, ee)
-			}
+	var ops []store.Op
+	var done []*memberRec
+	for _, m := range c.s.nodeMembers(node) {
+		if !m.SecretsReleased || m.inGoodStanding() {
 			continue
 		}
-		if m.inGoodStanding() {
+		cp := *m
+		cp.SecretsReleased = false
+		op, err := putJSON(prefixMembers+m.EE, &cp)
+		if err != nil {
+			c.log.ErrorContext(ctx, "secret withdrawal", "member", m.member().String(), "err", err)
 			continue
 		}
-		delete(c.released, ee)
+		ops = append(ops, op)
+		done = append(done, &cp)
+	}
+	if len(ops) == 0 {
+		return
+	}
+	if _, err := c.st.Commit(ctx, store.Batch{Ops: ops}); err != nil {
+		// The plan withdraws them anyway; the entry is written at the next
+		// push.
+		c.log.ErrorContext(ctx, "secret withdrawal not stored", "node", node, "err", err)
+		return
+	}
+	for _, m := range done {
+		c.s.put(m)
 		why := m.StatusReason
-		if !m.active() {
+		switch {
+		case !m.active():
 			why = m.State + ": " + m.Reason
-		} else if m.Quarantined {
+		case m.Quarantined:
 			why = "quarantined: " + m.StatusReason
 		}
 		c.record(ctx, audit.Entry{Kind: audit.KindSecret, Subject: m.member().SPIFFEID(c.ca.TrustDomain()), Domain: m.Domain, Detail: map[string]string{
