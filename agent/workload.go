@@ -24,6 +24,7 @@ import (
 	"github.com/tvd-dev/tvd"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/api/gen/tvd/v1/tvdv1connect"
+	"github.com/tvd-dev/tvd/ca"
 )
 
 // WorkloadSocketName is the socket's file name in its directory; inside an
@@ -265,10 +266,39 @@ func (w *workloadService) CheckPeer(ctx context.Context, req *connect.Request[tv
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("EE %s is not a member of any domain", w.ee))
 	}
 	resp, err := w.a.cl.Secrets.CheckPeer(ctx, connect.NewRequest(&tvdv1.SecretServiceCheckPeerRequest{Node: w.a.name, Member: m.GetMember(), CertChain: req.Msg.GetCertChain()}))
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded:
+		// The controller is out of reach: judge from the chain alone,
+		// as the controller-loss rule keeps intra-domain traffic.
+		return connect.NewResponse(&tvdv1.CheckPeerResponse{Peer: w.a.localPeerCheck(m.GetMember(), req.Msg.GetCertChain(), err)}), nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&tvdv1.CheckPeerResponse{Peer: resp.Msg.GetPeer()}), nil
+}
+
+// localPeerCheck answers a peer check without the controller: a chain
+// valid now under the trust bundle names a member whose certificate was
+// issued (or renewed) while its verdict was verified, at most one member
+// certificate lifetime ago. Only a member of the asking EE's own domain is
+// authorised, and its verdict is never called fresh.
+func (a *Agent) localPeerCheck(self *tvdv1.Member, chain [][]byte, cause error) *tvdv1.PeerInfo {
+	info := &tvdv1.PeerInfo{Reason: "controller unreachable (" + connect.CodeOf(cause).String() + "); judged from the certificate alone"}
+	id, err := a.creds.Bundle.VerifyDER(chain, a.now())
+	if err != nil {
+		info.Reason += ": not a valid identity of this deployment: " + err.Error()
+		return info
+	}
+	if id.Kind != ca.KindMember {
+		info.SpiffeId = id.ID
+		info.Reason += ": not a member identity"
+		return info
+	}
+	info.SpiffeId, info.Member = id.ID, &tvdv1.Member{Domain: id.Member.Domain, Role: id.Member.Role, Ee: id.Member.EE}
+	info.SameDomain = id.Member.Domain == self.GetDomain()
+	info.Authorized = info.SameDomain
+	return info
 }
 
 func (w *workloadService) GetSecret(ctx context.Context, req *connect.Request[tvdv1.GetSecretRequest]) (*connect.Response[tvdv1.GetSecretResponse], error) {

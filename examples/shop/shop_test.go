@@ -361,3 +361,32 @@ func TestRotationUnderLiveConnection(t *testing.T) {
 		t.Errorf("alice's identity expired at %v", id.Expires)
 	}
 }
+
+// TestControllerLost: with the controller gone, peers are judged from
+// their certificates alone: a customer still gets a channel to the shop
+// (same domain), but its verdict is not fresh, so the shop caps it; the
+// shop keeps signing with the secret its agent holds in memory.
+func TestControllerLost(t *testing.T) {
+	d := setup(t, 0)
+	if rc, _ := order(t, d.alice.HTTPClient(), d.url, 150_00); !rc.Accepted || !rc.Member {
+		t.Fatalf("before: %+v", rc)
+	}
+	d.env.StopController()
+	time.Sleep(workload.CheckInterval)
+	hc := d.alice.HTTPClient() // a new connection: both ends check the peer
+	rc, code := order(t, hc, d.url, 50_00)
+	if !rc.Accepted || rc.Member {
+		t.Errorf("customer's $50 without the controller: %+v (HTTP %d); want accepted as a non-fresh peer", rc, code)
+	}
+	rc, _ = order(t, hc, d.url, 150_00)
+	if rc.Accepted || !strings.Contains(rc.Reason, "controller unreachable") {
+		t.Errorf("customer's $150 without the controller: %+v; want capped, saying why", rc)
+	}
+	// Another domain's member is not authorised on the certificate alone.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := d.walkin.Dial(ctx, "tcp", strings.TrimPrefix(d.url, "https://")); err == nil {
+		c.Close()
+		t.Error("a guest got a channel on its certificate alone")
+	}
+}
