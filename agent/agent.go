@@ -5,6 +5,10 @@
 // standing, and keeps working on its last plan when the controller is
 // unreachable, as the domains' controller-loss rule says.
 //
+// It also serves each EE's Workload API (workload.go, docs/workload.md) on
+// a unix socket of its own: the EE's member identity, peer checks, domain
+// secrets and the protected storage key, the last two held in memory only.
+//
 // The agent reaches the controller only through api/client.
 package agent
 
