@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"io/fs"
 	"net"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"github.com/tvd-dev/tvd/agent"
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/api/gen/tvd/v1/tvdv1connect"
+	"github.com/tvd-dev/tvd/policy"
 	"github.com/tvd-dev/tvd/tvdtest"
 	"github.com/tvd-dev/tvd/workload"
 )
@@ -388,5 +390,60 @@ func TestControllerLost(t *testing.T) {
 	if c, err := d.walkin.Dial(ctx, "tcp", strings.TrimPrefix(d.url, "https://")); err == nil {
 		c.Close()
 		t.Error("a guest got a channel on its certificate alone")
+	}
+}
+
+// TestPolicyRotatesSecretsAndScopes: a new generation in the policy
+// rotates a secret at every member with the next plan; storage: domain
+// gives the domain's members one storage key, so a blob sealed by one
+// member opens at another.
+func TestPolicyRotatesSecretsAndScopes(t *testing.T) {
+	d := setup(t, 0)
+	ctx := context.Background()
+	old, err := d.alice.Secret(ctx, "loyalty-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := t.TempDir()
+	st, _ := d.web.OpenStore(shared)
+	if err := st.Put(ctx, "menu", []byte("today: books")); err != nil {
+		t.Fatal(err)
+	}
+	ast, _ := d.alice.OpenStore(shared)
+	if _, err := ast.Get(ctx, "menu"); !errors.Is(err, workload.ErrWrongKey) {
+		t.Fatalf("per-EE storage: alice opened web's blob: %v", err)
+	}
+
+	var files []policy.File
+	for _, n := range []string{"shop.yaml", "reference-values.yaml"} {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := string(b)
+		s = strings.Replace(s, "  - name: loyalty-key\n", "  - name: loyalty-key\n    generation: 2\n", 1)
+		s = strings.Replace(s, "storage: ee\n", "storage: domain\n", 1)
+		files = append(files, policy.File{Name: n, Content: []byte(s)})
+	}
+	d.env.ApplyFiles(files)
+	var cur []byte
+	tvdtest.Eventually(t, 5*time.Second, "the rotated loyalty-key at alice", func() bool {
+		cur, err = d.alice.Secret(ctx, "loyalty-key")
+		return err == nil && !bytes.Equal(cur, old)
+	})
+	wv, err := d.web.Secret(ctx, "loyalty-key")
+	if err != nil || !bytes.Equal(wv, cur) {
+		t.Errorf("web's loyalty-key after the rotation differs from alice's (%v)", err)
+	}
+	// Domain-scoped storage: a blob sealed now by web opens at alice; the
+	// one sealed under web's old per-EE key no longer opens.
+	if err := st.Put(ctx, "menu2", []byte("tomorrow: games")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := ast.Get(ctx, "menu2"); err != nil || string(b) != "tomorrow: games" {
+		t.Errorf("domain storage: alice reads %q, %v", b, err)
+	}
+	if _, err := st.Get(ctx, "menu"); !errors.Is(err, workload.ErrWrongKey) {
+		t.Errorf("blob sealed under the per-EE key after the scope change: %v; want ErrWrongKey", err)
 	}
 }
