@@ -209,6 +209,10 @@ func (w *workloadService) identity() (*tvdv1.WorkloadIdentity, <-chan struct{}, 
 	a := w.a
 	a.mu.Lock()
 	m := a.planMember(w.ee)
+	if m != nil {
+		// renew updates the plan's entry in place.
+		m = proto.Clone(m).(*tvdv1.PlanMember)
+	}
 	wake := a.idWake
 	a.mu.Unlock()
 	if m == nil || len(m.GetCertChain()) == 0 {
@@ -261,6 +265,9 @@ func (w *workloadService) WatchIdentity(ctx context.Context, _ *connect.Request[
 func (w *workloadService) CheckPeer(ctx context.Context, req *connect.Request[tvdv1.CheckPeerRequest]) (*connect.Response[tvdv1.CheckPeerResponse], error) {
 	w.a.mu.Lock()
 	m := w.a.planMember(w.ee)
+	if m != nil {
+		m = proto.Clone(m).(*tvdv1.PlanMember)
+	}
 	w.a.mu.Unlock()
 	if m == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("EE %s is not a member of any domain", w.ee))
