@@ -17,6 +17,7 @@ import (
 	"github.com/tvd-dev/tvd/ee/image"
 	"github.com/tvd-dev/tvd/ee/linux"
 	"github.com/tvd-dev/tvd/tvdtest"
+	"github.com/tvd-dev/tvd/workload"
 )
 
 // TestInsideAContainerEE runs the shop binary (CGO_ENABLED=0) in a real
@@ -98,6 +99,24 @@ func TestInsideAContainerEE(t *testing.T) {
 	if !strings.Contains(out, want) {
 		t.Fatalf("EE output:\n%s\nwant a line %q", out, want)
 	}
+	// The node's disk, EE filesystems included (their tmpfs is mounted in
+	// this namespace while the EEs exist), holds neither the web EE's
+	// secret nor its storage key in plaintext.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wc, err := workload.OpenSocket(ctx, ra.WorkloadSocket("tvdwl-web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.Close()
+	sk, err := wc.Secret(ctx, "order-signing-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := scanDisk(t, dir, needlesOf(sk, storageKey(t, ra.WorkloadSocket("tvdwl-web"))))
+	files += scanDisk(t, ra.DataDir, needlesOf(sk))
+	t.Logf("scanned %d files of the node and its EEs", files)
+
 	// The customer's EE has no order-signing key: its whoami fails on it.
 	aliceLog := status("tvdwl-alice")
 	tvdtest.Eventually(t, 60*time.Second, "the customer's EE to finish", func() bool {

@@ -269,17 +269,37 @@ func TestNoPlaintextSecretOnDisk(t *testing.T) {
 		k := storageKey(t, a.n.WorkloadSocket(a.ee))
 		needles = append(needles, k)
 	}
-	var all [][]byte
-	for _, n := range needles {
-		all = append(all, n, []byte(hex.EncodeToString(n)), []byte(base64.StdEncoding.EncodeToString(n)), []byte(base64.RawURLEncoding.EncodeToString(n)))
-	}
+	all := needlesOf(needles...)
 	all = append(all, []byte("tvdwl-unique-item-7f3a"))
 	// Stop everything so that every byte is on disk.
 	for _, a := range []*tvdtest.RunningAgent{d.shopNode, d.custNode, d.guestNode} {
 		a.Stop()
 	}
+	files := scanDisk(t, d.env.Dir, all)
+	if files < 10 {
+		t.Fatalf("scanned only %d files; the deployment's disk is elsewhere?", files)
+	}
+	if _, err := os.Stat(filepath.Join(d.ledger, "ledger.sealed")); err != nil {
+		t.Errorf("the shop's ledger was not written: %v", err)
+	}
+	t.Logf("scanned %d files for %d needles", files, len(all))
+}
+
+// needlesOf returns each value raw, in hex and in base64.
+func needlesOf(vals ...[]byte) [][]byte {
+	var all [][]byte
+	for _, n := range vals {
+		all = append(all, n, []byte(hex.EncodeToString(n)), []byte(base64.StdEncoding.EncodeToString(n)), []byte(base64.RawURLEncoding.EncodeToString(n)))
+	}
+	return all
+}
+
+// scanDisk reads every regular file below dir and fails the test for each
+// needle found; it returns how many files it read.
+func scanDisk(t *testing.T, dir string, needles [][]byte) int {
+	t.Helper()
 	files := 0
-	err := filepath.WalkDir(d.env.Dir, func(p string, e fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
 		if err != nil || !e.Type().IsRegular() {
 			return err
 		}
@@ -288,7 +308,7 @@ func TestNoPlaintextSecretOnDisk(t *testing.T) {
 			return err
 		}
 		files++
-		for i, n := range all {
+		for i, n := range needles {
 			if bytes.Contains(b, n) {
 				t.Errorf("%s holds needle %d (%q...) in plaintext", p, i, n[:min(8, len(n))])
 			}
@@ -298,13 +318,7 @@ func TestNoPlaintextSecretOnDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if files < 10 {
-		t.Fatalf("scanned only %d files; the deployment's disk is elsewhere?", files)
-	}
-	if _, err := os.Stat(filepath.Join(d.ledger, "ledger.sealed")); err != nil {
-		t.Errorf("the shop's ledger was not written: %v", err)
-	}
-	t.Logf("scanned %d files for %d needles", files, len(all))
+	return files
 }
 
 // storageKey reads an EE's storage key straight from its socket, as the
