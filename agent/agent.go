@@ -5,6 +5,10 @@
 // standing, and keeps working on its last plan when the controller is
 // unreachable, as the domains' controller-loss rule says.
 //
+// It also serves each EE's Workload API (workload.go, docs/workload.md) on
+// a unix socket of its own: the EE's member identity, peer checks, domain
+// secrets and the protected storage key, the last two held in memory only.
+//
 // The agent reaches the controller only through api/client.
 package agent
 
@@ -135,6 +139,11 @@ type Agent struct {
 	eeResults   []*tvdv1.EEOperationResult // for the next report
 	joins       []*tvdv1.EESpec            // EEs created since, asking to join
 	trusted     map[string]bool            // EEs with a trusted snapshot from a verified state
+	// Workload API (workload.go): idWake is closed when a member identity
+	// changes; released holds what the controller released per EE, in
+	// memory only.
+	idWake   chan struct{}
+	released map[string]*released
 }
 
 // New prepares an agent: it loads or creates the node's key and, if the
@@ -155,7 +164,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.ReportEvery <= 0 {
 		cfg.ReportEvery = 5 * time.Second
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}, eeOps: make(chan *tvdv1.EEOperationRequest, 64), trusted: map[string]bool{}}
+	a := &Agent{cfg: cfg, log: cfg.Logger, now: cfg.Now, kick: make(chan struct{}, 1), done: map[string]bool{}, eeOps: make(chan *tvdv1.EEOperationRequest, 64), trusted: map[string]bool{}, idWake: make(chan struct{}), released: map[string]*released{}}
 	a.name = cfg.Node.Node
 	if a.name == "" {
 		h, err := os.Hostname()
@@ -300,6 +309,20 @@ func (a *Agent) enroll(ctx context.Context, dir string) error {
 
 // Run keeps the plan stream open, reports and renews until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	// The Workload API sockets exist before the EEs start, so that their
+	// applications find them at once.
+	servers, err := a.serveWorkload(ctx)
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	for i := range a.cfg.Node.EEs {
+		a.cfg.Node.EEs[i].WorkloadDir = a.WorkloadDir(a.cfg.Node.EEs[i].Name)
+	}
 	if a.cfg.EEs != nil {
 		// The EEs start before the node talks to the controller: their
 		// images and first execs are measured, and the first report
@@ -321,7 +344,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.renewLoop(gctx) })
 	g.Go(func() error { return a.lossLoop(gctx) })
 	g.Go(func() error { return a.eeOpLoop(gctx) })
-	err := g.Wait()
+	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
@@ -461,7 +484,9 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 	}
 	a.queueEEOps(p)
 	ack.AppliedAt = timestamppb.New(a.now())
+	a.dropReleased(p)
 	a.plan = p
+	a.identityChanged()
 	a.pendingAcks = append(a.pendingAcks, ack)
 	if err := a.savePlan(p); err != nil {
 		a.log.Error("save plan", "err", err)
@@ -674,6 +699,7 @@ func (a *Agent) renew(ctx context.Context, m *tvdv1.PlanMember) error {
 	for _, pm := range a.plan.GetMembers() {
 		if pm.GetMember().GetEe() == m.GetMember().GetEe() {
 			pm.CertChain, pm.Expires = resp.Msg.GetCertChain(), resp.Msg.GetExpires()
+			a.identityChanged()
 			return a.writeMemberCert(pm)
 		}
 	}

@@ -37,6 +37,11 @@ type EEConfig struct {
 	Role    string            `yaml:"role"`
 	Owner   string            `yaml:"owner"`
 	Claims  map[string]string `yaml:"claims"`
+	// WorkloadDir is the host directory of the EE's Workload API socket;
+	// the agent sets it, and the EE host mounts it at /run/tvd (strong
+	// isolation) or names the socket in TVD_WORKLOAD_SOCKET (process
+	// driver).
+	WorkloadDir string `yaml:"-"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -364,6 +364,7 @@ func (a *agentService) Watch(ctx context.Context, req *connect.Request[tvdv1.Wat
 		send := first || version > last
 		if send {
 			c.stamp(node, p, version)
+			c.auditWithdrawals(ctx, node)
 		}
 		c.mu.Unlock()
 		if send {

@@ -2,8 +2,6 @@ package controller
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -184,12 +182,4 @@ func sharedSignerKey(ctx context.Context, st store.Store, kek []byte, generate f
 		// Another replica created it first: read theirs.
 	}
 	return "", errors.New("audit signer key: the store keeps changing it")
-}
-
-func kekAEAD(kek []byte) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(kek)
-	if err != nil {
-		return nil, fmt.Errorf("key-encryption key: %w", err)
-	}
-	return cipher.NewGCM(block)
 }

@@ -109,6 +109,8 @@ type Controller struct {
 	refusals tlsRefusals
 	// matrix memoizes the serialized flow matrix of the current policy
 	// (flowMatrix); guarded by mu.
+	// master derives domain secrets and storage keys (secrets.go).
+	master []byte
 	matrix struct {
 		comp *policy.Compiled
 		wire []byte
@@ -182,6 +184,9 @@ func New(ctx context.Context, cfg Config) (_ *Controller, err error) {
 	c.ca.SetClock(c.now)
 	if c.ca.TrustDomain() != cfg.TrustDomain && cfg.TrustDomain != DefaultTrustDomain {
 		return nil, fmt.Errorf("controller: the store's CA is for trust domain %q, not %q", c.ca.TrustDomain(), cfg.TrustDomain)
+	}
+	if c.master, err = loadOrCreateMaster(ctx, c.st, kek); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
 	}
 	var shared *sharedAudit
 	if cfg.SharedStore {
@@ -376,6 +381,7 @@ func (c *Controller) Handler() http.Handler {
 	mux.Handle(tvdv1connect.NewEEServiceHandler(&eeService{c}, opts...))
 	// Migration archives are bigger than any other request.
 	mux.Handle(tvdv1connect.NewEEAgentServiceHandler(&eeAgentService{c}, connect.WithReadMaxBytes(maxArchiveBytes+1<<20)))
+	mux.Handle(tvdv1connect.NewSecretServiceHandler(&secretService{c}, opts...))
 	mux.Handle(web.Prefix, c.WebHandler())
 	return c.identify(mux)
 }

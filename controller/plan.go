@@ -123,6 +123,9 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			CertChain:      [][]byte{m.Cert},
 			Expires:        timestamppb.New(m.CertExpires),
 			OverlayAddress: m.Address,
+			// A member not in good standing keeps its place until a
+			// reaction removes it, but not its secrets.
+			SecretsWithdrawn: !m.inGoodStanding(),
 		})
 		if comp != nil {
 			if d, ok := comp.Domain(m.Domain); ok && d.OnControllerLoss == "isolate" {

@@ -95,6 +95,9 @@ type memberRec struct {
 	MeasuredSets []string `json:"measuredSets,omitempty"`
 	// Instructions are the reactions sent to the member's node.
 	Instructions []instruction `json:"instructions,omitempty"`
+	// SecretsReleased is set while the member holds released secrets, so
+	// that their withdrawal is audited (secrets.go).
+	SecretsReleased bool `json:"secretsReleased,omitempty"`
 }
 
 // instruction is a reaction the member's node must carry out once.

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -96,6 +97,17 @@ type Spec struct {
 	Limits Limits `json:"limits,omitzero"`
 	// Hostname is the EE's host name (strong drivers); default Name.
 	Hostname string `json:"hostname,omitempty"`
+	// Binds are host directories mounted into the EE (strong drivers;
+	// the process driver has no mount namespace and ignores them), such as
+	// the agent's Workload API socket directory at /run/tvd.
+	Binds []Bind `json:"binds,omitempty"`
+}
+
+// Bind mounts the host directory Source at Target inside the EE, with
+// nosuid, nodev and noexec.
+type Bind struct {
+	Source string `json:"source"`
+	Target string `json:"target"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
@@ -126,6 +138,13 @@ func (s Spec) Validate() error {
 	}
 	if err := s.Limits.Validate(); err != nil {
 		return fmt.Errorf("ee %s: %w", s.Name, err)
+	}
+	for _, b := range s.Binds {
+		for _, p := range []string{b.Source, b.Target} {
+			if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+				return fmt.Errorf("ee %s: bind %q -> %q: want clean absolute paths other than /", s.Name, b.Source, b.Target)
+			}
+		}
 	}
 	return nil
 }

@@ -27,6 +27,9 @@ func TestSpecValidate(t *testing.T) {
 		{"negative cpu", func(s *Spec) { s.Limits.CPUMillis = -1 }, "cpu"},
 		{"tiny memory", func(s *Spec) { s.Limits.MemoryBytes = 1000 }, "memory"},
 		{"negative pids", func(s *Spec) { s.Limits.Pids = -1 }, "pids"},
+		{"relative bind", func(s *Spec) { s.Binds = []Bind{{Source: "run/tvd", Target: "/run/tvd"}} }, "bind"},
+		{"bind onto root", func(s *Spec) { s.Binds = []Bind{{Source: "/srv/x", Target: "/"}} }, "bind"},
+		{"unclean bind", func(s *Spec) { s.Binds = []Bind{{Source: "/srv/x", Target: "/run/../etc"}} }, "bind"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := ok

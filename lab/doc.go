@@ -3,7 +3,9 @@
 // namespace with its own swtpm (EK certificate from a lab CA) and its own
 // `tvd agent` process attested at assurance tpm, all wired to an underlay
 // bridge. A scenario file (Scenario) names the policy, the nodes and the
-// EEs each node hosts.
+// EEs each node hosts, and images to build first (Image: the busybox base
+// plus a Go main package compiled with CGO_ENABLED=0, into LABDIR/images,
+// with its allowlist measured into the policy's named ReferenceValues).
 //
 // Up creates the lab and waits until every EE is a verified member; Down
 // removes everything by name (namespaces and links starting with Prefix,

@@ -142,11 +142,24 @@ func Up(ctx context.Context, scenarioPath string, cfg Config) (*State, error) {
 	u.scen = scen
 	u.done("%s: %d nodes, %d EEs", scen.Name, len(scen.Nodes), scen.EECount())
 
-	u.say("policy")
+	if err := u.checkFree(ctx); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("lab dir: %w", err)
+	}
 	files, err := scen.PolicyFiles()
 	if err != nil {
 		return fail(err)
 	}
+	if len(scen.Images) > 0 {
+		u.say("images: build %d (go build, CGO_ENABLED=0)", len(scen.Images))
+		if files, err = scen.BuildImages(ctx, filepath.Join(cfg.Dir, "images"), files); err != nil {
+			return fail(err)
+		}
+		u.done("in %s", filepath.Join(cfg.Dir, "images"))
+	}
+	u.say("policy")
 	files, relax, err := RelaxIsolation(files, scen.EEIsolation)
 	if err != nil {
 		return fail(err)
@@ -167,12 +180,6 @@ func Up(ctx context.Context, scenarioPath string, cfg Config) (*State, error) {
 		fmt.Fprintf(cfg.Out, "     note: %s (the lab's EEs are not containers yet: weak isolation)\n", r)
 	}
 
-	if err := u.checkFree(ctx); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("lab dir: %w", err)
-	}
 	u.st = &State{Version: stateVersion, Dir: cfg.Dir, Scenario: scen.Path, Name: scen.Name, Binary: cfg.Binary,
 		Created: time.Now().UTC(), Phase: "starting", Subnet: Subnet,
 		ControllerAddr: net.JoinHostPort(ControllerIP, strconv.Itoa(ControllerPort)), Relaxations: relax,
@@ -532,6 +539,9 @@ func (u *upRun) agents(ctx context.Context) error {
 			// the underlay, and the flow matrix in nftables.
 			addr, _, _ := strings.Cut(n.Address, "/")
 			argv = append(argv, "--ee-driver", "linux", "--underlay", addr)
+			if len(u.scen.Images) > 0 {
+				argv = append(argv, "--images", filepath.Join(u.cfg.Dir, "images"))
+			}
 		}
 		pid, exited, err := daemon(argv, n.AgentLog)
 		if err != nil {
@@ -722,7 +732,7 @@ func Down(ctx context.Context, dir string, keepFiles bool, out io.Writer) error 
 
 // labFiles are the entries the lab writes in LABDIR; Down removes only
 // these, so a mistaken --dir never loses anything else.
-var labFiles = []string{"ca", "controller", "controller.log", "creds", "nodes", "policy", StateFile, StateFile + ".tmp"}
+var labFiles = []string{"ca", "controller", "controller.log", "creds", "images", "nodes", "policy", StateFile, StateFile + ".tmp"}
 
 func removeFiles(dir string) error {
 	for _, f := range labFiles {

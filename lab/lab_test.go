@@ -437,6 +437,66 @@ func TestPayrollLab(t *testing.T) {
 
 }
 
+// TestShopLab runs the TVD-aware shop (examples/shop): the lab builds its
+// image and allowlist, the shop serves in a container EE, and orders from
+// the customer's EE (a shop member) are unlimited while the walk-in
+// guest's (another domain's member) are capped at $100, over the overlay
+// and through the flow matrix.
+func TestShopLab(t *testing.T) {
+	needLab(t)
+	dir := labDir(t)
+	snap := upAndCheck(t, "../examples/shop", dir, 3)
+	defer func() {
+		mustTVD(t, nil, "lab", "down", "--dir", dir)
+		checkGone(t, dir)
+	}()
+	var shop string
+	for _, e := range snap.EEs {
+		if e.Name == "shop-web" {
+			shop = "https://" + e.Address + ":8443"
+		}
+	}
+	if shop == "" {
+		t.Fatalf("no shop-web in %+v", snap.EEs)
+	}
+	order := func(ee, dollars string) (string, error) {
+		var out string
+		var err error
+		// The shop and the peers' keys come up within a few reports.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err = runTVD(t, nil, "lab", "exec", "--dir", dir, ee, "--", "/bin/shop", "order", "-amount", dollars, shop)
+			if strings.Contains(out, `"accepted"`) || time.Now().After(deadline) {
+				return out, err
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	for _, tc := range []struct {
+		ee, dollars string
+		want        string
+	}{
+		{"alice", "150", `200 {"accepted":true,"member":true,"peer":"spiffe://tvd.local/domain/shop/role/customer/ee/alice"`},
+		{"walkin", "50", `200 {"accepted":true,"member":false,"peer":"spiffe://tvd.local/domain/guest/role/client/ee/walkin"`},
+		{"walkin", "150", `403 {"accepted":false,"member":false`},
+	} {
+		out, err := order(tc.ee, tc.dollars)
+		t.Logf("%s orders $%s: %s", tc.ee, tc.dollars, strings.TrimSpace(out))
+		if !strings.Contains(out, tc.want) {
+			t.Errorf("%s orders $%s: %v\n%s\nwant %s", tc.ee, tc.dollars, err, out, tc.want)
+		}
+	}
+	// Everything the shop did is on the allowlist the lab measured: no
+	// member violates.
+	var after Snapshot
+	if err := json.Unmarshal([]byte(mustTVD(t, nil, "lab", "status", "--dir", dir, "-o", "json")), &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Verified != 3 {
+		t.Errorf("%d of 3 EEs verified after the orders: %+v", after.Verified, after.EEs)
+	}
+}
+
 // TestPreflight runs up on a host without the tools (an empty PATH): it
 // fails before creating anything and says what to install.
 func TestPreflight(t *testing.T) {

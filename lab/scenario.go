@@ -60,9 +60,12 @@ type Scenario struct {
 	// declarations without a driver, and the lab applies a copy of the
 	// policy whose "isolation: strong" requirements are lowered to weak,
 	// and says so. Default: weak.
-	EEIsolation string  `yaml:"eeIsolation"`
-	Nodes       []Node  `yaml:"nodes"`
-	Admins      []Admin `yaml:"admins"`
+	EEIsolation string `yaml:"eeIsolation"`
+	// Images are built by the lab before its nodes start (see Image);
+	// EEs name them in image.
+	Images []Image `yaml:"images"`
+	Nodes  []Node  `yaml:"nodes"`
+	Admins []Admin `yaml:"admins"`
 
 	// Path is the file the scenario was read from.
 	Path string `yaml:"-"`
@@ -201,6 +204,16 @@ func (s *Scenario) check() error {
 	case "weak", "strong":
 	default:
 		return fmt.Errorf("eeIsolation %q: want weak or strong", s.EEIsolation)
+	}
+	imgs := map[string]bool{}
+	for i, im := range s.Images {
+		if err := im.check(fmt.Sprintf("images[%d]", i)); err != nil {
+			return err
+		}
+		if imgs[im.Name] {
+			return fmt.Errorf("images[%d]: image %q listed twice", i, im.Name)
+		}
+		imgs[im.Name] = true
 	}
 	if len(s.Nodes) == 0 {
 		return errors.New("no nodes; want a list of nodes, each with a name and its EEs")

@@ -92,6 +92,41 @@ func TestExampleScenarios(t *testing.T) {
 	}
 }
 
+// TestShopScenario: the shop's scenario declares its image, and bad image
+// declarations are refused.
+func TestShopScenario(t *testing.T) {
+	s, err := LoadScenario(filepath.Join("..", "examples", "shop"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Images) != 1 || s.Images[0].Name != "shop" || s.Images[0].ReferenceValues != "shop-image" {
+		t.Errorf("images %+v", s.Images)
+	}
+	files, err := s.PolicyFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp, err := policy.ParseAndCompile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckPolicy(comp); err != nil {
+		t.Fatal(err)
+	}
+	base := "kind: Scenario\nname: x\nnodes: [{name: a, ees: [{name: e, image: shop, domain: d, role: r}]}]\n"
+	for _, tc := range []struct{ images, want string }{
+		{"images: [{name: busybox, build: .}]\n", "not busybox"},
+		{"images: [{name: shop}]\n", "build: want the directory"},
+		{"images: [{name: shop, build: ., referenceValues: Bad_Name}]\n", "referenceValues"},
+		{"images: [{name: shop, build: .}, {name: shop, build: x}]\n", "listed twice"},
+	} {
+		_, err := ParseScenario("s.yaml", []byte(base+tc.images))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v; want %q", tc.images, err, tc.want)
+		}
+	}
+}
+
 // TestRelaxKeepsLayout checks that relaxing edits only the isolation
 // scalar: block and flow style, comments kept.
 func TestRelaxKeepsLayout(t *testing.T) {

@@ -465,6 +465,57 @@ func (c *compiler) compileDomain(d *Domain) {
 		}
 	}
 
+	// Secrets and protected storage.
+	secPos := map[string]Pos{}
+	for _, sc := range d.Secrets {
+		if sc.Name.Value == "" {
+			continue
+		}
+		if first, ok := secPos[sc.Name.Value]; ok {
+			c.e.add(sc.Name.Pos, "%s: duplicate secret %q; first declared at %s", where, sc.Name.Value, first)
+			continue
+		}
+		secPos[sc.Name.Value] = sc.Name.Pos
+		out1 := SecretC{Name: sc.Name.Value, Bytes: 32, Generation: 1}
+		ok := true
+		if sc.BytesPos.Line != 0 {
+			if sc.Bytes < 16 || sc.Bytes > 1024 {
+				c.e.add(sc.BytesPos, "%s: secret %q: bytes must be between 16 and 1024; got %d", where, sc.Name.Value, sc.Bytes)
+				ok = false
+			}
+			out1.Bytes = int(sc.Bytes)
+		}
+		if sc.GenPos.Line != 0 {
+			if sc.Generation < 1 || sc.Generation > 1<<31 {
+				c.e.add(sc.GenPos, "%s: secret %q: generation must be between 1 and %d; got %d", where, sc.Name.Value, 1<<31, sc.Generation)
+				ok = false
+			}
+			out1.Generation = int(sc.Generation)
+		}
+		seenRole := map[string]bool{}
+		for _, r := range sc.Roles {
+			if _, known := rolePos[r.Value]; !known {
+				var names []string
+				for _, rc := range out.Roles {
+					names = append(names, rc.Name)
+				}
+				c.e.add(r.Pos, "%s: secret %q names unknown role %q; expected one of: %s%s", where, sc.Name.Value, r.Value, strings.Join(names, ", "), suggest(r.Value, names))
+				ok = false
+				continue
+			}
+			if !seenRole[r.Value] {
+				seenRole[r.Value] = true
+				out1.Roles = append(out1.Roles, r.Value)
+			}
+		}
+		if ok {
+			out.Secrets = append(out.Secrets, out1)
+		}
+	}
+	if d.Storage.Value != "" && c.choice(d.Storage, "storage", []string{"domain", "ee"}) && d.Storage.Value == "domain" {
+		out.Storage = "domain"
+	}
+
 	c.out.Domains = append(c.out.Domains, out)
 	c.out.byDomain[dn] = out
 }

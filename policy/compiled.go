@@ -3,6 +3,7 @@ package policy
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"cel.dev/cel-go/cel"
@@ -54,10 +55,36 @@ type DomainPolicy struct {
 	Requirements     []RequirementC `json:"requirements,omitempty"`
 	Statements       []StatementC   `json:"statements"`
 	Administrators   []AdminC       `json:"administrators,omitempty"`
+	// Secrets are the domain's secrets; the controller derives their
+	// values and releases them to members in good standing.
+	Secrets []SecretC `json:"secrets,omitempty"`
+	// Storage is the scope of the protected storage key: "ee" (one key
+	// per EE; the default, written as "") or "domain" (one key shared by
+	// the domain's members).
+	Storage string `json:"storage,omitempty"`
 
 	assurance tvd.Assurance
 	allow     map[[32]byte]string
 	programs  []cel.Program
+}
+
+// SecretC is a compiled secret declaration.
+type SecretC struct {
+	Name       string   `json:"name"`
+	Roles      []string `json:"roles,omitempty"` // empty: every role
+	Bytes      int      `json:"bytes"`
+	Generation int      `json:"generation"`
+}
+
+// SecretFor returns the declaration of secret name if a member in role
+// may receive it.
+func (d *DomainPolicy) SecretFor(name, role string) (SecretC, bool) {
+	for _, s := range d.Secrets {
+		if s.Name == name && (len(s.Roles) == 0 || slices.Contains(s.Roles, role)) {
+			return s, true
+		}
+	}
+	return SecretC{}, false
 }
 
 // RoleC is a compiled role.

@@ -357,6 +357,19 @@ func (d *decoder) domain(n *yaml.Node) *Domain {
 				dm.Administrators = append(dm.Administrators, a)
 			})
 		},
+		"secrets": func(v *yaml.Node) {
+			d.list(v, "secrets", func(c *yaml.Node) {
+				sc := &Secret{Pos: d.pos(c)}
+				d.object(c, "secret", fields{
+					"name":       func(v *yaml.Node) { sc.Name = d.label(v, "secret name") },
+					"roles":      func(v *yaml.Node) { sc.Roles = d.names(v, "roles") },
+					"bytes":      func(v *yaml.Node) { sc.BytesPos = d.pos(v); sc.Bytes = d.integer(v, "bytes") },
+					"generation": func(v *yaml.Node) { sc.GenPos = d.pos(v); sc.Generation = d.integer(v, "generation") },
+				}, "name")
+				dm.Secrets = append(dm.Secrets, sc)
+			})
+		},
+		"storage": func(v *yaml.Node) { dm.Storage = d.name(v, "storage") },
 	}, "name", "owner", "roles")
 	return dm
 }

@@ -51,6 +51,21 @@ type Domain struct {
 	Requirements     []*Requirement
 	Statements       []*Statement
 	Administrators   []*Administrator
+	Secrets          []*Secret
+	Storage          Name // protected storage key scope: "ee" (default) or "domain"
+}
+
+// Secret is a domain secret the controller releases to members in good
+// standing (issue 9): its value is derived by the controller, never
+// written in the policy.
+type Secret struct {
+	Pos        Pos
+	Name       Name
+	Roles      []Name // the roles that receive it; empty: every role
+	Bytes      int64  // length of the value; default 32
+	BytesPos   Pos
+	Generation int64 // bump to rotate the value; default 1
+	GenPos     Pos
 }
 
 // Role is a role EEs take in a domain.

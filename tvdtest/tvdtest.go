@@ -44,6 +44,7 @@ type Env struct {
 	mu       sync.Mutex
 	agents   map[string]*RunningAgent
 	agentsWG sync.WaitGroup
+	stopped  bool // the controller was stopped by StopController
 }
 
 // Options tune New.
@@ -97,6 +98,11 @@ func New(t testing.TB, opts Options) *Env {
 	t.Cleanup(func() {
 		cancel()
 		e.agentsWG.Wait()
+		if e.stopped {
+			c.Close()
+			st.Close()
+			return
+		}
 		select {
 		case err := <-e.done:
 			if err != nil && !errors.Is(err, context.Canceled) {
@@ -109,6 +115,22 @@ func New(t testing.TB, opts Options) *Env {
 		st.Close()
 	})
 	return e
+}
+
+// StopController stops the controller's listener, as a crash or a
+// partition would look to the agents; they keep running.
+func (e *Env) StopController() {
+	e.t.Helper()
+	e.cancel()
+	select {
+	case err := <-e.done:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			e.t.Errorf("controller: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		e.t.Error("controller did not stop within 10s")
+	}
+	e.stopped = true
 }
 
 // ApplyPolicy loads the policy at paths and applies it as the admin.

@@ -31,6 +31,13 @@
 // at the next exec, and the EE is frozen and reported FAILED, since the
 // code ran without its measurement on record.
 //
+// # The Workload API socket
+//
+// An EE whose configuration carries a WorkloadDir (the agent sets it) gets
+// that directory bind-mounted at /run/tvd (ee/linux), where package
+// workload finds /run/tvd/workload.sock; with the process driver the EE's
+// environment names the socket in TVD_WORKLOAD_SOCKET instead.
+//
 // # What the host does NOT do
 //
 //   - Measure anything with the process driver: its EEs are directories on

@@ -299,6 +299,9 @@ func (h *Host) startOne(ctx context.Context, e agent.EEConfig, restore *ee.Snaps
 	return err
 }
 
+// WorkloadMount is where an EE finds its Workload API socket directory.
+const WorkloadMount = "/run/tvd"
+
 // create builds the EE's filesystem, creates the EE, watches it, restores
 // the snapshot restore if there is one (a migrated EE), takes the first
 // trusted snapshot, measures the image and starts the workload.
@@ -321,6 +324,15 @@ func (h *Host) create(ctx context.Context, rec *eeRec, restore *ee.Snapshot) err
 		}
 	}
 	spec := ee.Spec{Name: rec.name, Image: img.Dir, Command: cmd}
+	if d := rec.cfg.WorkloadDir; d != "" {
+		// The agent's Workload API socket for this EE (package workload
+		// finds it at /run/tvd/workload.sock).
+		if h.rooted != nil {
+			spec.Binds = append(spec.Binds, ee.Bind{Source: d, Target: WorkloadMount})
+		} else {
+			spec.Env = append(spec.Env, "TVD_WORKLOAD_SOCKET="+filepath.Join(d, "workload.sock"))
+		}
+	}
 	if h.rooted != nil {
 		if spec.Image, err = h.makeFS(rec, img); err != nil {
 			return err

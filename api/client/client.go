@@ -34,6 +34,8 @@ type Client struct {
 	// EE drives EEs (admins); EEAgent carries migration archives (agents).
 	EE      tvdv1connect.EEServiceClient
 	EEAgent tvdv1connect.EEAgentServiceClient
+	// Secrets releases members' secrets and answers peer checks (agents).
+	Secrets tvdv1connect.SecretServiceClient
 	HTTP    *http.Client
 }
 
@@ -83,6 +85,7 @@ func New(rawURL string, tlsConf *tls.Config) (*Client, error) {
 		Agent:   tvdv1connect.NewAgentServiceClient(hc, base),
 		EE:      tvdv1connect.NewEEServiceClient(hc, base),
 		EEAgent: tvdv1connect.NewEEAgentServiceClient(hc, base),
+		Secrets: tvdv1connect.NewSecretServiceClient(hc, base),
 		HTTP:    hc,
 	}, nil
 }

@@ -10,6 +10,11 @@
 // must call Init first in main; see Init for how the EE's first process
 // sets itself up.
 //
+// Spec.Binds are bind-mounted into the EE before it pivots (nosuid, nodev,
+// noexec; a target that passes through a symbolic link in the image is
+// refused): the node agent mounts each EE's Workload API socket directory
+// at /run/tvd that way.
+//
 // Where the host allows it, each EE also gets a user namespace (see
 // Config.NoUserNS); its mapping is the identity, so uid 0 inside is uid 0
 // for file ownership, and only the scoping of capabilities changes.
@@ -470,7 +475,7 @@ func (d *Driver) start(ctx context.Context, in *instance) (_ *run, err error) {
 		cleanups = append(cleanups, func() { unbindNetNS(p) })
 	}
 	cfg := &initConfig{Lower: in.lower, Upper: in.upper(), Work: in.work(), Root: in.root(),
-		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env, UserNS: d.userns}
+		Hostname: in.spec.Hostname, Command: in.spec.Command, Env: in.spec.Env, UserNS: d.userns, Binds: in.spec.Binds}
 	if err := writeMsg(r.ctl, ctlMsg{Op: "config", Config: cfg}); err != nil {
 		return nil, fmt.Errorf("configure supervisor: %w", err)
 	}

@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tvd-dev/tvd/ee"
 )
 
 // initArg is argv[0] of the re-executed binary that becomes an EE's first
@@ -75,7 +77,8 @@ type initConfig struct {
 	Lower, Upper, Work, Root string
 	Hostname                 string
 	Command, Env             []string
-	UserNS                   bool // overlay must use user.* xattrs
+	UserNS                   bool      // overlay must use user.* xattrs
+	Binds                    []ee.Bind // host directories to mount in the EE
 }
 
 const maxMsg = 1 << 20
@@ -399,6 +402,34 @@ var (
 	devNodes     = []string{"null", "zero", "full", "random", "urandom", "tty"}
 )
 
+// bindInto mounts b.Source at b.Target under root (nosuid, nodev, noexec),
+// creating the target directory. No component of the target may be a
+// symbolic link: the image must not redirect the mount out of the root.
+func bindInto(root string, b ee.Bind) error {
+	p := root
+	for _, part := range strings.Split(strings.TrimPrefix(b.Target, "/"), "/") {
+		p = filepath.Join(p, part)
+		st, err := os.Lstat(p)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			if err := os.Mkdir(p, 0o755); err != nil {
+				return fmt.Errorf("bind %s: %w", b.Target, err)
+			}
+		case err != nil:
+			return fmt.Errorf("bind %s: %w", b.Target, err)
+		case st.Mode()&os.ModeSymlink != 0 || !st.IsDir():
+			return fmt.Errorf("bind %s: %s in the image is not a directory", b.Target, strings.TrimPrefix(p, root))
+		}
+	}
+	if err := unix.Mount(b.Source, p, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s at %s: %w", b.Source, b.Target, err)
+	}
+	if err := unix.Mount(b.Source, p, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("bind %s: remount nosuid,nodev,noexec: %w", b.Target, err)
+	}
+	return nil
+}
+
 func setupRoot(c *initConfig) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -439,6 +470,11 @@ func setupRoot(c *initConfig) error {
 	}
 	for _, d := range []string{"pts", "shm"} {
 		if err := os.Mkdir(in("dev/"+d), 0o755); err != nil {
+			return err
+		}
+	}
+	for _, b := range c.Binds {
+		if err := bindInto(c.Root, b); err != nil {
 			return err
 		}
 	}

@@ -1044,8 +1044,12 @@ type PlanMember struct {
 	Expires *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
 	// The member's overlay address in its domain, e.g. "10.77.0.5".
 	OverlayAddress string `protobuf:"bytes,4,opt,name=overlay_address,json=overlayAddress,proto3" json:"overlay_address,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The member is not in good standing (violating or quarantined): the
+	// agent drops the secrets and storage key it holds for it and refuses
+	// them to the EE (SecretService, WorkloadService).
+	SecretsWithdrawn bool `protobuf:"varint,50,opt,name=secrets_withdrawn,json=secretsWithdrawn,proto3" json:"secrets_withdrawn,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PlanMember) Reset() {
@@ -1104,6 +1108,13 @@ func (x *PlanMember) GetOverlayAddress() string {
 		return x.OverlayAddress
 	}
 	return ""
+}
+
+func (x *PlanMember) GetSecretsWithdrawn() bool {
+	if x != nil {
+		return x.SecretsWithdrawn
+	}
+	return false
 }
 
 // DomainPeers are the WireGuard peers of the node's interface in one domain.
@@ -2772,14 +2783,15 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\x12on_controller_loss\x18\v \x01(\tR\x10onControllerLoss\x12,\n" +
 	"\x06cursor\x18\f \x01(\v2\x14.tvd.v1.AttestCursorR\x06cursor\x12;\n" +
 	"\x0egateway_routes\x18< \x03(\v2\x14.tvd.v1.GatewayRouteR\rgatewayRoutes\x12?\n" +
-	"\ree_operations\x18( \x03(\v2\x1a.tvd.v1.EEOperationRequestR\feeOperations\"\xb2\x01\n" +
+	"\ree_operations\x18( \x03(\v2\x1a.tvd.v1.EEOperationRequestR\feeOperations\"\xdf\x01\n" +
 	"\n" +
 	"PlanMember\x12&\n" +
 	"\x06member\x18\x01 \x01(\v2\x0e.tvd.v1.MemberR\x06member\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x02 \x03(\fR\tcertChain\x124\n" +
 	"\aexpires\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x12'\n" +
-	"\x0foverlay_address\x18\x04 \x01(\tR\x0eoverlayAddress\"p\n" +
+	"\x0foverlay_address\x18\x04 \x01(\tR\x0eoverlayAddress\x12+\n" +
+	"\x11secrets_withdrawn\x182 \x01(\bR\x10secretsWithdrawn\"p\n" +
 	"\vDomainPeers\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12%\n" +
 	"\x0eoverlay_prefix\x18\x02 \x01(\tR\roverlayPrefix\x12\"\n" +
