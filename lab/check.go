@@ -184,6 +184,24 @@ func check(ctx context.Context, st *State, timeout time.Duration, only string, o
 			}
 		}()
 	}
+	// A flow through gateways needs a member of every gateway class of
+	// its path (not cut off).
+	classUp := map[string]bool{}
+	for _, n := range st.Nodes {
+		for _, e := range n.EEs {
+			if _, ok := addr[e.Name]; ok && !slices.Contains(offenders, e.Name) {
+				classUp[e.Domain+"/"+e.Role] = true
+			}
+		}
+	}
+	gatewaysUp := func(via []string) bool {
+		for _, c := range via {
+			if !classUp[c] {
+				return false
+			}
+		}
+		return true
+	}
 	results := make([]Result, len(pairs))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
@@ -195,7 +213,7 @@ func check(ctx context.Context, st *State, timeout time.Duration, only string, o
 		if cut[p.From] || cut[p.To] {
 			p.Allow, p.Via, p.Rule = false, nil, p.Rule+" (offender cut off)"
 		}
-		results[i] = Result{Pair: p, Routed: p.Allow || len(p.Via) > 0}
+		results[i] = Result{Pair: p, Routed: p.Allow || len(p.Via) > 0 && gatewaysUp(p.Via)}
 		dst, ok := addr[p.To]
 		if !ok {
 			results[i].Detail = "destination is not a member"

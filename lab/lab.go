@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -103,6 +104,8 @@ type upRun struct {
 	// exited holds the exit channels of the processes started by this run.
 	exited map[string]<-chan error
 	step   int
+	// agentsAt is when the first agent was started.
+	agentsAt time.Time
 }
 
 func (u *upRun) say(format string, args ...any) {
@@ -192,7 +195,7 @@ func Up(ctx context.Context, scenarioPath string, cfg Config) (*State, error) {
 		func(ctx context.Context) error { return u.writePolicy(files) },
 		u.network, u.tpms, u.controller,
 		func(ctx context.Context) error { return u.applyPolicy(ctx, files) },
-		u.admins, u.agents, u.waitMembers,
+		u.admins, u.agents, u.firstPacket, u.waitMembers,
 	}
 	for _, f := range steps {
 		if err := f(ctx); err != nil {
@@ -510,6 +513,7 @@ func (u *upRun) agents(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	u.agentsAt = time.Now()
 	for i, n := range u.st.Nodes {
 		u.say("node %s: agent in %s", n.Name, n.Netns)
 		nc := u.scen.Nodes[i].NodeConfig()
@@ -553,6 +557,108 @@ func (u *upRun) agents(ctx context.Context) error {
 		u.done("pid %d", pid)
 	}
 	return nil
+}
+
+// firstPacket measures the join latency: from the start of the first agent
+// to the first TCP connection carried over the overlay between two EEs on
+// different nodes (the first pair of the scenario the matrix lets talk
+// straight). It is measured only when the EEs are containers with the data
+// plane; it is recorded in the state (JoinLatency).
+func (u *upRun) firstPacket(ctx context.Context) error {
+	if u.scen.EEIsolation != "strong" {
+		return nil
+	}
+	comp, err := LoadPolicy(u.st)
+	if err != nil {
+		return err
+	}
+	pairs, err := Expect(comp, u.st)
+	if err != nil {
+		return err
+	}
+	node := map[string]NodeState{}
+	for _, n := range u.st.Nodes {
+		for _, e := range n.EEs {
+			node[e.Name] = n
+		}
+	}
+	var p *Pair
+	for i := range pairs {
+		if pairs[i].Allow && node[pairs[i].From].Name != node[pairs[i].To].Name {
+			p = &pairs[i]
+			break
+		}
+	}
+	if p == nil {
+		return nil
+	}
+	u.say("first packet over the overlay: %s -> %s", p.From, p.To)
+	cl, err := u.dial()
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(u.cfg.Timeout)
+	var dst netip.Addr
+	var l net.Listener
+	defer func() {
+		if l != nil {
+			l.Close()
+		}
+	}()
+	for time.Now().Before(deadline) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !dst.IsValid() {
+			if resp, err := cl.Admin.ListMembers(ctx, connect.NewRequest(&tvdv1.ListMembersRequest{})); err == nil {
+				for _, m := range resp.Msg.GetMembers() {
+					if m.GetMember().GetEe() == p.To {
+						dst, _ = netip.ParseAddr(m.GetOverlayAddress())
+					}
+				}
+			}
+		}
+		from, to := eeNetNS(node[p.From], p.From), eeNetNS(node[p.To], p.To)
+		if dst.IsValid() && l == nil {
+			if _, err := os.Stat(to); err == nil {
+				inNetNS(to, func() error {
+					var err error
+					l, err = net.Listen("tcp", netip.AddrPortFrom(dst, CheckPort).String())
+					return err
+				})
+				if l != nil {
+					go func(l net.Listener) {
+						for {
+							c, err := l.Accept()
+							if err != nil {
+								return
+							}
+							c.Close()
+						}
+					}(l)
+				}
+			}
+		}
+		if l != nil {
+			if _, err := os.Stat(from); err == nil {
+				err := inNetNS(from, func() error {
+					d := net.Dialer{Timeout: 100 * time.Millisecond}
+					c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
+					if err == nil {
+						c.Close()
+					}
+					return err
+				})
+				if err == nil {
+					lat := time.Since(u.agentsAt)
+					u.done("%d ms after the first agent started", lat.Milliseconds())
+					return u.st.update(func(s *State) { s.JoinLatency = lat })
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("no packet from %s reached %s over the overlay within %v", p.From, p.To, u.cfg.Timeout)
 }
 
 // waitMembers waits until every EE of the scenario is a verified member on

@@ -27,6 +27,9 @@ type State struct {
 	Created  time.Time `json:"created"`
 	// Phase is "starting" until every EE is a verified member, then "up".
 	Phase string `json:"phase"`
+	// JoinLatency is the time from the start of the first agent to the
+	// first TCP connection over the overlay between EEs on two nodes.
+	JoinLatency time.Duration `json:"joinLatency,omitempty"`
 
 	Subnet         string `json:"subnet"`
 	ControllerAddr string `json:"controllerAddr"`
