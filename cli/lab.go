@@ -264,7 +264,7 @@ is cut off and nothing else changed), prints the report, and takes the lab down.
 			w := cmd.OutOrStdout()
 			step := func(s string) { fmt.Fprintf(w, "\n== %s\n", s) }
 			step("tvd lab up " + args[0])
-			st, err := lab.Up(ctx, args[0], lab.Config{Dir: *dir, Out: w, Timeout: 60 * time.Second})
+			st, err := lab.Up(ctx, args[0], lab.Config{Dir: *dir, Out: w, Timeout: 60 * time.Second, MeasureJoin: true})
 			if err != nil {
 				return err
 			}

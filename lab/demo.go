@@ -23,7 +23,11 @@ type Violation struct {
 	EE        string
 	Binary    string        // where the unlisted binary was put, as the EE sees it
 	Detected  time.Duration // exec → the controller's violating verdict
-	Enforced  time.Duration // exec → the offender's packets dropped at its peers
+	Enforced  time.Duration // exec → the offender's packets dropped at its peers (probed)
+	// Applied is exec → the last node to apply the plan that cuts the
+	// offender off, from the agents' logs ("plan applied" comes after the
+	// data plane took the plan); zero if the logs do not show it.
+	Applied time.Duration
 	Reason    string        // the controller's reason
 	Reactions string        // what the member's state shows (quarantined, frozen)
 }
@@ -134,15 +138,52 @@ func Inject(ctx context.Context, st *State, ee string, probe func() (bool, error
 	if v.Detected == 0 {
 		return v, fmt.Errorf("the controller did not call %s violating within 15s", ee)
 	}
+	if v.Enforced > 0 {
+		v.Applied = planApplied(st, start)
+	}
 	return v, nil
+}
+
+// planApplied returns how long after since the last node of the lab logged
+// applying its first plan after since, or 0 if a node logged none. In a
+// lab at rest the only plans after an injection are the ones it caused.
+func planApplied(st *State, since time.Time) time.Duration {
+	var worst time.Duration
+	for _, n := range st.Nodes {
+		b, err := os.ReadFile(n.AgentLog)
+		if err != nil {
+			return 0
+		}
+		var first time.Duration
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, `msg="plan applied"`) || !strings.HasPrefix(line, "time=") {
+				continue
+			}
+			ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+			t, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil || t.Before(since) {
+				continue
+			}
+			first = t.Sub(since)
+			break
+		}
+		if first == 0 {
+			return 0
+		}
+		worst = max(worst, first)
+	}
+	return worst
 }
 
 // WriteViolation narrates what Inject found.
 func WriteViolation(w io.Writer, v *Violation) {
 	fmt.Fprintf(w, "an intruder copied an unlisted program to %s in %s and ran it\n", v.Binary, v.EE)
 	fmt.Fprintf(w, "  the controller called %s violating %v after the exec: %s\n", v.EE, v.Detected.Round(time.Millisecond), v.Reason)
+	if v.Applied > 0 {
+		fmt.Fprintf(w, "  every node had applied the plan that cuts it off %v after the exec (agents' logs)\n", v.Applied.Round(time.Millisecond))
+	}
 	if v.Enforced > 0 {
-		fmt.Fprintf(w, "  its packets were dropped at its peers %v after the exec\n", v.Enforced.Round(time.Millisecond))
+		fmt.Fprintf(w, "  its packets were dropped at its peers %v after the exec (probed every 100 ms or so)\n", v.Enforced.Round(time.Millisecond))
 	}
 	if v.Reactions != "" {
 		fmt.Fprintf(w, "  reactions in force: %s\n", v.Reactions)
