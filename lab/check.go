@@ -165,24 +165,11 @@ func check(ctx context.Context, st *State, timeout time.Duration, only string, o
 		if !ok {
 			continue
 		}
-		var l net.Listener
-		if err := inNetNS(p, func() error {
-			var err error
-			l, err = net.Listen("tcp", netip.AddrPortFrom(a, CheckPort).String())
-			return err
-		}); err != nil {
+		l, err := listenIn(p, a)
+		if err != nil {
 			return nil, fmt.Errorf("listen in %s: %w", ee, err)
 		}
 		listeners = append(listeners, l)
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
 	}
 	// A flow through gateways needs a member of every gateway class of
 	// its path (not cut off).
@@ -225,17 +212,7 @@ func check(ctx context.Context, st *State, timeout time.Duration, only string, o
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				err := inNetNS(where[p.From], func() error {
-					d := net.Dialer{Timeout: timeout}
-					if straight {
-						d.Control = straightTOS
-					}
-					c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
-					if err == nil {
-						c.Close()
-					}
-					return err
-				})
+				err := dialFrom(ctx, where[p.From], dst, timeout, straight)
 				switch {
 				case straight && err == nil:
 					results[i].Observed = true
@@ -289,6 +266,46 @@ func WriteCheck(w io.Writer, results []Result) int {
 	tw.Flush()
 	fmt.Fprintf(w, "%d passed, %d failed (two probes per pair: straight, and routed through the gateways)\n", passed, failed)
 	return failed
+}
+
+// listenIn listens on CheckPort of address a inside the network namespace
+// at path, accepting and closing every connection until it is closed.
+func listenIn(path string, a netip.Addr) (net.Listener, error) {
+	var l net.Listener
+	if err := inNetNS(path, func() error {
+		var err error
+		l, err = net.Listen("tcp", netip.AddrPortFrom(a, CheckPort).String())
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l, nil
+}
+
+// dialFrom opens (and closes) a TCP connection to CheckPort of dst from
+// inside the network namespace at path; straight marks it to skip the
+// gateway routes.
+func dialFrom(ctx context.Context, path string, dst netip.Addr, timeout time.Duration, straight bool) error {
+	return inNetNS(path, func() error {
+		d := net.Dialer{Timeout: timeout}
+		if straight {
+			d.Control = straightTOS
+		}
+		c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
 }
 
 // straightTOS marks a probe's socket with dataplane.StraightTOS, so the

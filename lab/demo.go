@@ -20,16 +20,16 @@ import (
 
 // Violation is what Inject measured.
 type Violation struct {
-	EE        string
-	Binary    string        // where the unlisted binary was put, as the EE sees it
-	Detected  time.Duration // exec → the controller's violating verdict
-	Enforced  time.Duration // exec → the offender's packets dropped at its peers (probed)
+	EE       string
+	Binary   string        // where the unlisted binary was put, as the EE sees it
+	Detected time.Duration // exec → the controller's violating verdict
+	Enforced time.Duration // exec → the offender's packets dropped at its peers (probed)
 	// Applied is exec → the last node to apply the plan that cuts the
 	// offender off, from the agents' logs ("plan applied" comes after the
 	// data plane took the plan); zero if the logs do not show it.
-	Applied time.Duration
-	Reason    string        // the controller's reason
-	Reactions string        // what the member's state shows (quarantined, frozen)
+	Applied   time.Duration
+	Reason    string // the controller's reason
+	Reactions string // what the member's state shows (quarantined, frozen)
 }
 
 // eePID finds a process of an EE's workload: one in the EE's network

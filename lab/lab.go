@@ -624,35 +624,12 @@ func (u *upRun) firstPacket(ctx context.Context) error {
 		from, to := eeNetNS(node[p.From], p.From), eeNetNS(node[p.To], p.To)
 		if dst.IsValid() && l == nil {
 			if _, err := os.Stat(to); err == nil {
-				inNetNS(to, func() error {
-					var err error
-					l, err = net.Listen("tcp", netip.AddrPortFrom(dst, CheckPort).String())
-					return err
-				})
-				if l != nil {
-					go func(l net.Listener) {
-						for {
-							c, err := l.Accept()
-							if err != nil {
-								return
-							}
-							c.Close()
-						}
-					}(l)
-				}
+				l, _ = listenIn(to, dst)
 			}
 		}
 		if l != nil {
 			if _, err := os.Stat(from); err == nil {
-				err := inNetNS(from, func() error {
-					d := net.Dialer{Timeout: 100 * time.Millisecond}
-					c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(dst, CheckPort).String())
-					if err == nil {
-						c.Close()
-					}
-					return err
-				})
-				if err == nil {
+				if err := dialFrom(ctx, from, dst, 100*time.Millisecond, false); err == nil {
 					lat := time.Since(u.agentsAt)
 					u.done("%d ms after the first agent started", lat.Milliseconds())
 					return u.st.update(func(s *State) { s.JoinLatency = lat })

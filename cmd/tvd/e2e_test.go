@@ -140,27 +140,11 @@ func summary(m memberJSON) []string {
 	return out
 }
 
-// TestControllerAndAgentsAsProcesses runs the built binary as a controller
-// and three agents on loopback. They join case study 1 (with implicit
-// trust); then the controller is killed with SIGKILL and restarted, and
-// membership, the CA and the policy versions must be intact.
-func TestControllerAndAgentsAsProcesses(t *testing.T) {
-	dir := t.TempDir()
-	data := filepath.Join(dir, "controller")
-	addr := freePort(t)
-	url := "https://" + addr
-	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr)
-	creds := filepath.Join(data, "admin")
-	tvdtest.Eventually(t, 20*time.Second, "the admin credential", func() bool {
-		_, err := os.Stat(filepath.Join(creds, "controller"))
-		return err == nil && strings.Contains(ctl.log.String(), "controller listening")
-	})
-	env := []string{"TVD_CREDS=" + creds}
-	caBefore, err := os.ReadFile(filepath.Join(creds, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-
+// startOutsourcing applies case study 1 with implicit trust (the policy
+// must be the first one) and starts its three agents as processes against
+// the controller URL(s), reporting every 300 ms.
+func startOutsourcing(t *testing.T, dir string, env []string, url string) {
+	t.Helper()
 	pol := filepath.Join(dir, "policy")
 	os.MkdirAll(pol, 0o755)
 	for _, f := range tvdtest.ImplicitOutsourcing(t) {
@@ -183,6 +167,30 @@ func TestControllerAndAgentsAsProcesses(t *testing.T) {
 		startProc(t, "agent "+node, "agent", "--controller", url, "--data", filepath.Join(dir, "agent-"+node),
 			"--join-token", token, "--config", path, "--report-every", "300ms")
 	}
+}
+
+// TestControllerAndAgentsAsProcesses runs the built binary as a controller
+// and three agents on loopback. They join case study 1 (with implicit
+// trust); then the controller is killed with SIGKILL and restarted, and
+// membership, the CA and the policy versions must be intact.
+func TestControllerAndAgentsAsProcesses(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "controller")
+	addr := freePort(t)
+	url := "https://" + addr
+	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr)
+	creds := filepath.Join(data, "admin")
+	tvdtest.Eventually(t, 20*time.Second, "the admin credential", func() bool {
+		_, err := os.Stat(filepath.Join(creds, "controller"))
+		return err == nil && strings.Contains(ctl.log.String(), "controller listening")
+	})
+	env := []string{"TVD_CREDS=" + creds}
+	caBefore, err := os.ReadFile(filepath.Join(creds, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	startOutsourcing(t, dir, env, url)
 	verified := func(want int) func() bool {
 		return func() bool {
 			m := members(t, env, "")

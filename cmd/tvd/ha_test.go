@@ -84,26 +84,7 @@ func TestReplicasFailover(t *testing.T) {
 	creds := filepath.Join(data(0), "admin")
 	env := []string{"TVD_CREDS=" + creds, "TVD_CONTROLLER=" + list}
 
-	pol := filepath.Join(dir, "policy")
-	os.MkdirAll(pol, 0o755)
-	for _, f := range tvdtest.ImplicitOutsourcing(t) {
-		if err := os.WriteFile(filepath.Join(pol, filepath.Base(f.Name)), f.Content, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run(t, env, "policy", "apply", pol, "-m", "case study 1")
-	nodes := map[string]string{
-		"mgmt": "node: mgmt\nees:\n  - {name: yellow-dc, domain: yellow, role: domain-controller, owner: ibm-global-services}\n  - {name: yellow-gw, domain: yellow, role: gateway, owner: ibm-global-services}\n  - {name: red-gw, domain: red, role: gateway, owner: outsourcing-customer}\n  - {name: red-dc, domain: red, role: domain-controller, owner: outsourcing-customer}\n",
-		"pc1":  "node: pc1\nees:\n  - {name: yellow-mc1, domain: yellow, role: management-console}\n  - {name: red-client1, domain: red, role: client-os}\n",
-		"pc2":  "node: pc2\nees:\n  - {name: yellow-mc2, domain: yellow, role: management-console}\n  - {name: red-client2, domain: red, role: client-os}\n",
-	}
-	for node, cfg := range nodes {
-		path := filepath.Join(dir, node+".yaml")
-		os.WriteFile(path, []byte(cfg), 0o644)
-		token := strings.TrimSpace(run(t, env, "admin", "token", "--node", node))
-		startProc(t, "agent "+node, "agent", "--controller", list, "--data", filepath.Join(dir, "agent-"+node),
-			"--join-token", token, "--config", path, "--report-every", "300ms")
-	}
+	startOutsourcing(t, dir, env, list)
 	verified := func() int {
 		n := 0
 		for _, x := range members(t, env, "").Members {

@@ -494,13 +494,10 @@ func TestRestartAndDrift(t *testing.T) {
 	})
 }
 
-// TestRemoteMembers treats the red EEs as members on another node, reached
-// through overlay interfaces: they are classified by address only, and
-// every ordered pair still follows Decide (the remote-end rule paths).
-func TestRemoteMembers(t *testing.T) {
-	t.Parallel()
-	l := table3Lab(t)
-	m := table3(t, false)
+// remotePlan is the Table 3 plan with the red EEs as members on another
+// node: their interfaces are overlay interfaces, and they have no local
+// interface of their own.
+func (l *lab) remotePlan(m *flow.Matrix) *flow.Plan {
 	plan := l.planFor(m, table3EEs)
 	remote := map[string]bool{"r-dc": true, "r-gw": true, "r-os": true}
 	plan.EEInterfaces = slices.DeleteFunc(plan.EEInterfaces, func(n string) bool { return remote[n] })
@@ -512,6 +509,17 @@ func TestRemoteMembers(t *testing.T) {
 			plan.Members[i].Iface = ""
 		}
 	}
+	return plan
+}
+
+// TestRemoteMembers treats the red EEs as members on another node, reached
+// through overlay interfaces: they are classified by address only, and
+// every ordered pair still follows Decide (the remote-end rule paths).
+func TestRemoteMembers(t *testing.T) {
+	t.Parallel()
+	l := table3Lab(t)
+	m := table3(t, false)
+	plan := l.remotePlan(m)
 	p := l.programmer()
 	if err := p.Apply(plan); err != nil {
 		t.Fatal(err)
@@ -534,17 +542,7 @@ func TestReach(t *testing.T) {
 	t.Parallel()
 	l := table3Lab(t)
 	m := table3(t, false)
-	plan := l.planFor(m, table3EEs)
-	remote := map[string]bool{"r-dc": true, "r-gw": true, "r-os": true}
-	plan.EEInterfaces = slices.DeleteFunc(plan.EEInterfaces, func(n string) bool { return remote[n] })
-	for n := range remote {
-		plan.OverlayInterfaces = append(plan.OverlayInterfaces, n)
-	}
-	for i := range plan.Members {
-		if remote[plan.Members[i].EE] {
-			plan.Members[i].Iface = ""
-		}
-	}
+	plan := l.remotePlan(m)
 	p := l.programmer()
 	if err := p.Apply(plan); err != nil {
 		t.Fatal(err)
