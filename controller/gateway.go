@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"net/netip"
-
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/flow"
 )
@@ -42,61 +40,23 @@ import (
 type gwPlan struct {
 	routes     map[string][]*tvdv1.GatewayRoute
 	routeSeen  map[gwRouteKey]bool
-	reach      map[gwReachKey]*tvdv1.GatewayReach // node, iface domain, peer, address
-	reachOwner map[gwReachAddr]string             // node, iface domain, address -> peer
+	reach      map[gwReachKey][]*tvdv1.GatewayReach // node, interface domain, peer
+	reachOwner map[gwReachAddr]string               // node, interface domain, address -> peer
 }
 
 type gwRouteKey struct{ node, from, to string }
 
-type gwReachKey struct{ node, domain, peer, addr string }
+type gwReachKey struct{ node, domain, peer string }
 
 type gwReachAddr struct{ node, domain, addr string }
 
 // reachFor returns the reach entries of node's interface in domain for
-// peer.
-func (g *gwPlan) reachFor(node, domain, peer string, addrs []string) []*tvdv1.GatewayReach {
+// peer, in the order they were laid.
+func (g *gwPlan) reachFor(node, domain, peer string) []*tvdv1.GatewayReach {
 	if g == nil {
 		return nil
 	}
-	var out []*tvdv1.GatewayReach
-	for _, a := range addrs {
-		if r := g.reach[gwReachKey{node, domain, peer, a}]; r != nil {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// reachAddrs lists the reach addresses of (node, domain, peer), sorted.
-func (g *gwPlan) reachAddrs(node, domain, peer string) []string {
-	if g == nil {
-		return nil
-	}
-	var out []string
-	for k := range g.reach {
-		if k.node == node && k.domain == domain && k.peer == peer {
-			out = append(out, k.addr)
-		}
-	}
-	sortAddrs(out)
-	return out
-}
-
-func sortAddrs(s []string) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && lessAddr(s[j], s[j-1]); j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-}
-
-func lessAddr(a, b string) bool {
-	x, err1 := netip.ParseAddr(a)
-	y, err2 := netip.ParseAddr(b)
-	if err1 != nil || err2 != nil {
-		return a < b
-	}
-	return x.Less(y)
+	return g.reach[gwReachKey{node, domain, peer}]
 }
 
 // gatewayPlan lays the gateway paths of all members (see above). It
@@ -142,7 +102,7 @@ func (c *Controller) gatewayPlan(members []*memberRec) *gwPlan {
 		}
 	}
 	g := &gwPlan{routes: map[string][]*tvdv1.GatewayRoute{}, routeSeen: map[gwRouteKey]bool{},
-		reach: map[gwReachKey]*tvdv1.GatewayReach{}, reachOwner: map[gwReachAddr]string{}}
+		reach: map[gwReachKey][]*tvdv1.GatewayReach{}, reachOwner: map[gwReachAddr]string{}}
 	carriers := map[string]map[string]*crossLink{}
 	carrier := func(a, b string) *crossLink {
 		cp, ok := carriers[a]
@@ -249,5 +209,6 @@ func (g *gwPlan) addReach(node, domain, peer, addr string, gw *memberRec) {
 		return
 	}
 	g.reachOwner[ak] = peer
-	g.reach[gwReachKey{node, domain, peer, addr}] = &tvdv1.GatewayReach{Address: addr, Domain: gw.Domain, Role: gw.Role}
+	k := gwReachKey{node, domain, peer}
+	g.reach[k] = append(g.reach[k], &tvdv1.GatewayReach{Address: addr, Domain: gw.Domain, Role: gw.Role})
 }

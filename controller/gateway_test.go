@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/tvd-dev/tvd"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 
 	"github.com/tvd-dev/tvd/policy"
 )
@@ -69,7 +70,12 @@ func TestGatewayPlan(t *testing.T) {
 		{"pc1", "yellow", "mgmt", "10.78.0.5", "gateway"}, // the client, behind yellow's gateway
 		{"pc2", "red", "mgmt", "10.77.0.4", "gateway"},    // the console, forwarded by red's gateway
 	} {
-		r := g.reach[gwReachKey{tc.node, tc.dom, tc.peer, tc.addr}]
+		var r *tvdv1.GatewayReach
+		for _, x := range g.reachFor(tc.node, tc.dom, tc.peer) {
+			if x.GetAddress() == tc.addr {
+				r = x
+			}
+		}
 		if r == nil || r.GetDomain() != tc.dom || r.GetRole() != tc.gwRole {
 			t.Errorf("reach %+v: got %v", tc, r)
 		}

@@ -177,7 +177,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 				}
 			}
 			dp.Peers = append(dp.Peers, &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint, AllowedIps: allowed,
-				Reach: gw.reachFor(node, d, peer, gw.reachAddrs(node, d, peer))})
+				Reach: gw.reachFor(node, d, peer)})
 		}
 		p.Peers = append(p.Peers, dp)
 	}
