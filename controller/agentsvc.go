@@ -609,8 +609,11 @@ func (c *Controller) reportLocked(ctx context.Context, r *tvdv1.ReportRequest, p
 		if wait.err != nil {
 			return fmt.Errorf("report %s: %w", name, wait.err)
 		}
+		// The changes are durable: their audit entries must be written
+		// even if the agent has hung up meanwhile.
+		actx := context.WithoutCancel(ctx)
 		for _, e := range entries {
-			c.record(ctx, e)
+			c.record(actx, e)
 		}
 		if wakeAll {
 			c.hub.wake()
