@@ -711,24 +711,35 @@ func (c *Controller) archivePath(digest string) (string, error) {
 	return p, nil
 }
 
+// pendingOp returns the calling node and its pending operation id, which
+// must be of the given action (word names it in the refusal). Anything
+// else is refused, and the refusal audited.
+func (c *Controller) pendingOp(ctx context.Context, node, id string, action tvdv1.EEAction, word string) (*nodeRec, *eeOpRec, error) {
+	c.mu.Lock()
+	n, err := c.requireNode(ctx, node)
+	var o *eeOpRec
+	if err == nil {
+		o = c.s.ops[id]
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil, nil, err
+	}
+	if o == nil || o.Node != n.Name || o.State != opPending || o.action() != action {
+		return nil, nil, c.refuse(ctx, "node/"+n.Name, "", errDenied("node %q has no pending %s operation %q", n.Name, word, id), nil)
+	}
+	return n, o, nil
+}
+
 // eeAgentService implements tvdv1connect.EEAgentServiceHandler.
 type eeAgentService struct{ c *Controller }
 
 func (a *eeAgentService) PutArchive(ctx context.Context, req *connect.Request[tvdv1.PutArchiveRequest]) (*connect.Response[tvdv1.PutArchiveResponse], error) {
 	c := a.c
 	const what = "put archive"
-	c.mu.Lock()
-	n, err := c.requireNode(ctx, req.Msg.GetNode())
-	var o *eeOpRec
-	if err == nil {
-		o = c.s.ops[req.Msg.GetOperationId()]
-	}
-	c.mu.Unlock()
+	n, o, err := c.pendingOp(ctx, req.Msg.GetNode(), req.Msg.GetOperationId(), tvdv1.EEAction_EE_ACTION_MIGRATE_OUT, "migrate-out")
 	if err != nil {
 		return nil, c.toConnect(ctx, what, err)
-	}
-	if o == nil || o.Node != n.Name || o.State != opPending || o.action() != tvdv1.EEAction_EE_ACTION_MIGRATE_OUT {
-		return nil, c.toConnect(ctx, what, c.refuse(ctx, "node/"+n.Name, "", errDenied("node %q has no pending migrate-out operation %q", n.Name, req.Msg.GetOperationId()), nil))
 	}
 	sum := sha256.Sum256(req.Msg.GetData())
 	got := "sha256:" + hex.EncodeToString(sum[:])
@@ -755,18 +766,9 @@ func (a *eeAgentService) PutArchive(ctx context.Context, req *connect.Request[tv
 func (a *eeAgentService) GetArchive(ctx context.Context, req *connect.Request[tvdv1.GetArchiveRequest]) (*connect.Response[tvdv1.GetArchiveResponse], error) {
 	c := a.c
 	const what = "get archive"
-	c.mu.Lock()
-	n, err := c.requireNode(ctx, req.Msg.GetNode())
-	var o *eeOpRec
-	if err == nil {
-		o = c.s.ops[req.Msg.GetOperationId()]
-	}
-	c.mu.Unlock()
+	_, o, err := c.pendingOp(ctx, req.Msg.GetNode(), req.Msg.GetOperationId(), tvdv1.EEAction_EE_ACTION_MIGRATE_IN, "migrate-in")
 	if err != nil {
 		return nil, c.toConnect(ctx, what, err)
-	}
-	if o == nil || o.Node != n.Name || o.State != opPending || o.action() != tvdv1.EEAction_EE_ACTION_MIGRATE_IN {
-		return nil, c.toConnect(ctx, what, c.refuse(ctx, "node/"+n.Name, "", errDenied("node %q has no pending migrate-in operation %q", n.Name, req.Msg.GetOperationId()), nil))
 	}
 	p, err := c.archivePath(o.ArchiveDigest)
 	if err != nil {
