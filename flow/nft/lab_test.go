@@ -31,6 +31,8 @@ const (
 	nsPrefix   = "tvdnft-"
 	listenPort = 7070
 	dialWait   = 900 * time.Millisecond // under the first SYN retransmission (1 s)
+	// warmUpDialWait covers two SYN retransmissions (1 s, 3 s).
+	warmUpDialWait = 4 * time.Second
 )
 
 var (
@@ -280,9 +282,14 @@ func dial(from netns.NsHandle, to netip.Addr) (bool, error) {
 
 // dialFrom is dial with the source address src (unless invalid).
 func dialFrom(from netns.NsHandle, src, to netip.Addr) (bool, error) {
+	return dialWithin(from, src, to, dialWait)
+}
+
+// dialWithin is dialFrom with its own timeout.
+func dialWithin(from netns.NsHandle, src, to netip.Addr, wait time.Duration) (bool, error) {
 	var ok bool
 	err := inNS(from, func() error {
-		d := net.Dialer{Timeout: dialWait}
+		d := net.Dialer{Timeout: wait}
 		if src.IsValid() {
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		}
@@ -462,7 +469,11 @@ func (l *lab) warmUp() {
 				go func() {
 					defer wg.Done()
 					for time.Now().Before(deadline) {
-						if ok, err := dial(a.ns, addr); ok && err == nil {
+						// A long timeout: the kernel retransmits the SYN
+						// itself rather than the attempt being abandoned
+						// with its SYN still queued somewhere, which
+						// would answer (RST) long after the warm-up.
+						if ok, err := dialWithin(a.ns, netip.Addr{}, addr, warmUpDialWait); ok && err == nil {
 							return
 						}
 					}
@@ -476,7 +487,51 @@ func (l *lab) warmUp() {
 		l.t.Errorf("topology: %s never connected", k)
 		return true
 	})
+	l.settle()
 }
+
+// settle waits until every TCP connection the node has forwarded is over
+// (TIME_WAIT or CLOSE): a straggler of the warm-up (a late FIN or RST of a
+// direct connection) must not reach the rules a test installs next and
+// move their counters. A connection that never settles (a SYN lost for
+// good) sends nothing more either, so after a while settle gives up
+// quietly.
+func (l *lab) settle() {
+	l.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		busy := 0
+		for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+			flows, err := l.nodeH.ConntrackTableList(netlink.ConntrackTable, fam)
+			if err != nil {
+				l.t.Logf("settle: conntrack list: %v (not waiting)", err)
+				return
+			}
+			for _, f := range flows {
+				if f.Forward.Protocol != unix.IPPROTO_TCP {
+					continue
+				}
+				if tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok && tcp.State != tcpCtTimeWait && tcp.State != tcpCtClose {
+					busy++
+				}
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Logf("settle: %d forwarded TCP connections still open after the warm-up", busy)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TCP conntrack states (enum tcp_conntrack).
+const (
+	tcpCtTimeWait = 7
+	tcpCtClose    = 8
+)
 
 func (l *lab) programmer() *Programmer {
 	l.t.Helper()
