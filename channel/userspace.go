@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/tvd-dev/tvd/channel/filter"
@@ -50,6 +51,17 @@ type UserspaceOption func(*userspaceOptions)
 type userspaceOptions struct {
 	plan    *flow.Plan
 	gateway bool
+	tun     tun.Device
+}
+
+// WithTUN runs wireguard-go over td instead of a netstack of its own: the
+// caller owns the packets' other side (for example a switch between
+// several netstacks, one per EE, as the agent's userspace data plane
+// has). [Userspace.Net] is then nil and Config.Address is only reported.
+// Close closes td. It cannot be combined with [WithFlowPlan]: td's owner
+// filters.
+func WithTUN(td tun.Device) UserspaceOption {
+	return func(o *userspaceOptions) { o.tun = td }
 }
 
 // WithFlowPlan filters the interface with the flow plan p from its first
@@ -91,6 +103,9 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 	if o.gateway && o.plan == nil {
 		return nil, errors.New("config: a gateway interface needs a flow plan (WithFlowPlan)")
 	}
+	if o.tun != nil && o.plan != nil {
+		return nil, errors.New("config: WithTUN and WithFlowPlan exclude each other (the TUN's owner filters)")
+	}
 	var filt *filter.Filter
 	if o.plan != nil {
 		f, err := filter.New(filter.Config{Iface: cfg.Name})
@@ -104,9 +119,16 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 	}
 	log := cfg.logger().With("domain", cfg.Domain, "iface", cfg.Name)
 	mtu := cfg.mtu()
-	td, tnet, err := netstack.CreateNetTUN([]netip.Addr{cfg.Address.Addr()}, nil, mtu)
-	if err != nil {
-		return nil, fmt.Errorf("create netstack: %w", err)
+	var td tun.Device
+	var tnet *netstack.Net
+	if o.tun != nil {
+		td = o.tun
+	} else {
+		var err error
+		td, tnet, err = netstack.CreateNetTUN([]netip.Addr{cfg.Address.Addr()}, nil, mtu)
+		if err != nil {
+			return nil, fmt.Errorf("create netstack: %w", err)
+		}
 	}
 	switch {
 	case filt != nil && o.gateway:
@@ -156,6 +178,7 @@ func NewUserspace(cfg Config, opts ...UserspaceOption) (*Userspace, error) {
 }
 
 // Net is the overlay network stack: Dial and Listen on it to talk to peers.
+// It is nil for an interface started [WithTUN].
 func (u *Userspace) Net() *netstack.Net { return u.tnet }
 
 // SetPeers behaves as [Interface.SetPeers], without routes: the userspace

@@ -13,7 +13,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"google.golang.org/protobuf/proto"
 
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/channel"
@@ -370,18 +369,6 @@ func (d *DataPlane) liveLinks() map[int]string {
 	return out
 }
 
-func peersEqual(a, b []*tvdv1.Peer) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !proto.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
-}
-
 // forwarding switches on IP forwarding in the node namespace once, for
 // each address family the plan's domains use.
 func (d *DataPlane) forwarding(want *desired) error {
@@ -473,18 +460,7 @@ func (d *DataPlane) applyFlow(ctx context.Context, p *tvdv1.Plan, want *desired)
 	// Every overlay interface that exists or may exist is judged, including
 	// one kept open from an earlier plan while its domain's part of this
 	// plan is in error: an interface left out would not be filtered.
-	seen := map[string]bool{}
-	var overlay []string
-	for _, names := range [][]string{sortedKeys(want.Domains), sortedKeys(d.domains)} {
-		for _, name := range names {
-			if n := channel.InterfaceName(name); !seen[n] {
-				seen[n] = true
-				overlay = append(overlay, n)
-			}
-		}
-	}
-	sort.Strings(overlay)
-	plan, warn := flowPlan(p, d.matrix, want, d.cfg.Controller, overlay)
+	plan, warn := flowPlan(p, d.matrix, want, d.cfg.Controller, overlayNames(sortedKeys(want.Domains), sortedKeys(d.domains)))
 	for _, w := range warn {
 		d.log.WarnContext(ctx, "flow plan", "problem", w)
 	}
@@ -596,13 +572,4 @@ func (d *DataPlane) release() error {
 		d.ns = netns.None()
 	}
 	return err
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

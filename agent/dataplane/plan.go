@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 
+	"google.golang.org/protobuf/proto"
+
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/channel"
 	"github.com/tvd-dev/tvd/flow"
@@ -434,5 +436,46 @@ func compactStrings(s []string) []string {
 			out = append(out, x)
 		}
 	}
+	return out
+}
+
+func peersEqual(a, b []*tvdv1.Peer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// overlayNames returns the interface names of the domains a plan wants and
+// of those still open, sorted, each once: every overlay interface that
+// exists or may exist is judged, including one kept open from an earlier
+// plan while its domain's part of this plan is in error (an interface
+// left out would not be filtered).
+func overlayNames(want, open []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, names := range [][]string{want, open} {
+		for _, name := range names {
+			if n := channel.InterfaceName(name); !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
+		}
+	}
+	sort.Strings(out)
 	return out
 }

@@ -330,7 +330,8 @@ func (h *Host) create(ctx context.Context, rec *eeRec, restore *ee.Snapshot) err
 		if h.rooted != nil {
 			spec.Binds = append(spec.Binds, ee.Bind{Source: d, Target: WorkloadMount})
 		} else {
-			spec.Env = append(spec.Env, "TVD_WORKLOAD_SOCKET="+filepath.Join(d, "workload.sock"))
+			spec.Env = append(spec.Env, "TVD_WORKLOAD_SOCKET="+filepath.Join(d, "workload.sock"),
+				"TVD_OVERLAY_SOCKET="+filepath.Join(d, "overlay.sock"))
 		}
 	}
 	if h.rooted != nil {

@@ -1,0 +1,308 @@
+package dataplane_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/tvd-dev/tvd/agent"
+	"github.com/tvd-dev/tvd/agent/dataplane"
+	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
+	"github.com/tvd-dev/tvd/channel/filter"
+	"github.com/tvd-dev/tvd/flow"
+	"github.com/tvd-dev/tvd/policy"
+	"github.com/tvd-dev/tvd/tvdtest"
+	"github.com/tvd-dev/tvd/workload"
+)
+
+// usEE is one member of the userspace lab; the test plays its workload:
+// it listens on a host port the agent forwards the EE's overlay port to,
+// answering with the EE's name, and dials through the EE's overlay socket.
+type usEE struct {
+	name, node, domain, role string
+	ln                       net.Listener
+	addr                     netip.Addr // overlay, once admitted
+	socket                   string
+}
+
+const usPort = 7070
+
+// usLab is a real controller and three agents with the userspace data
+// plane (no root, no kernel devices), hosting members of
+// examples/outsourcing (relaxed for join-token nodes) so that every kind
+// of pair occurs: same node and across nodes, same domain and across.
+type usLab struct {
+	t      *testing.T
+	env    *tvdtest.Env
+	m      *flow.Matrix
+	ees    []*usEE
+	byName map[string]*usEE
+	dps    map[string]*dataplane.Userspace
+}
+
+func newUSLab(t *testing.T) *usLab {
+	t.Helper()
+	env := tvdtest.New(t, tvdtest.Options{Verbose: testing.Verbose()})
+	files := tvdtest.ImplicitOutsourcing(t)
+	pol, err := policy.ParseAndCompile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.ApplyFiles(files)
+	l := &usLab{t: t, env: env, m: pol.Matrix, byName: map[string]*usEE{}, dps: map[string]*dataplane.Userspace{}}
+	owner := map[string]string{"yellow": "ibm-global-services", "red": "outsourcing-customer"}
+	layout := map[string][][3]string{
+		"n1": {{"y-dc", "yellow", "domain-controller"}, {"y-mc", "yellow", "management-console"}, {"r-os1", "red", "client-os"}},
+		"n2": {{"y-gw", "yellow", "gateway"}, {"r-gw", "red", "gateway"}},
+		"n3": {{"r-dc", "red", "domain-controller"}, {"r-os2", "red", "client-os"}, {"y-mc2", "yellow", "management-console"}},
+	}
+	for _, node := range []string{"n1", "n2", "n3"} {
+		nc := agent.NodeConfig{Node: node}
+		for _, e := range layout[node] {
+			ee := &usEE{name: e[0], node: node, domain: e[1], role: e[2]}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ee.ln = ln
+			t.Cleanup(func() { ln.Close() })
+			go serveName(ln, ee.name)
+			l.ees = append(l.ees, ee)
+			l.byName[ee.name] = ee
+			nc.EEs = append(nc.EEs, agent.EEConfig{Name: ee.name, Domain: ee.domain, Role: ee.role, Owner: owner[ee.domain]})
+		}
+		dir := filepath.Join(env.Dir, "agents", node)
+		dp, err := dataplane.NewUserspace(dataplane.UserspaceConfig{
+			Underlay:    netip.MustParseAddr("127.0.0.1"),
+			DataDir:     dir,
+			DialTimeout: 2 * time.Second,
+			Logger:      env.Logger.With("node", node, "part", "dataplane"),
+			Expose: func(name string) []dataplane.Expose {
+				if ee := l.byName[name]; ee != nil {
+					return []dataplane.Expose{{Port: usPort, Target: ee.ln.Addr().String()}}
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		l.dps[node] = dp
+		for _, e := range layout[node] {
+			l.byName[e[0]].socket = dp.OverlaySocket(e[0])
+		}
+		env.StartAgentWith(nc, agent.Config{DataPlane: dp})
+	}
+	tvdtest.Eventually(t, 30*time.Second, "every member verified with an overlay address", func() bool {
+		ms := env.Members("")
+		n := 0
+		for _, m := range ms {
+			ee := l.byName[m.GetMember().GetEe()]
+			if ee == nil || m.GetVerdict().GetStatus() != tvdv1.Status_STATUS_VERIFIED || m.GetOverlayAddress() == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(m.GetOverlayAddress())
+			if err != nil {
+				t.Fatalf("member %s: overlay address %q: %v", ee.name, m.GetOverlayAddress(), err)
+			}
+			ee.addr = a
+			n++
+		}
+		return n == len(l.ees)
+	})
+	return l
+}
+
+// serveName answers every connection with name and a newline.
+func serveName(ln net.Listener, name string) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			fmt.Fprintln(c, name)
+		}()
+	}
+}
+
+// dial reports whether a connects to b over the overlay and b answers.
+func (l *usLab) dial(a, b *usEE, wait time.Duration) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	c, err := workload.DialOverlayVia(ctx, a.socket, netip.AddrPortFrom(b.addr, usPort).String())
+	if err != nil {
+		if strings.Contains(err.Error(), "connection not established") || ctx.Err() != nil {
+			return false, nil
+		}
+		return false, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(wait))
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return false, nil // accepted by the stack, then cut: not through
+	}
+	if got = strings.TrimSpace(got); got != b.name {
+		return false, fmt.Errorf("%s -> %s: answered by %q", a.name, b.name, got)
+	}
+	return true, nil
+}
+
+func (l *usLab) class(e *usEE) flow.ClassID {
+	c, ok := l.m.Class(e.domain, e.role)
+	if !ok {
+		l.t.Fatalf("no class %s/%s", e.domain, e.role)
+	}
+	return c
+}
+
+// TestUserspaceMatrix is the matrix test of the userspace data plane:
+// three agents, a real controller, and for every ordered pair of members a
+// TCP connection sent straight from one EE's overlay socket to the
+// other's overlay address passes exactly when the flow matrix lets the
+// two classes talk directly. Flows the matrix sends through gateways are
+// dropped when sent straight (the userspace plane has no gateway routes).
+func TestUserspaceMatrix(t *testing.T) {
+	l := newUSLab(t)
+	type pair struct {
+		a, b *usEE
+		want bool
+		why  string
+	}
+	var pairs []pair
+	for _, a := range l.ees {
+		for _, b := range l.ees {
+			if a == b {
+				continue
+			}
+			d := l.m.Decide(l.class(a), l.class(b))
+			pairs = append(pairs, pair{a, b, d.Direct, d.Rule.String()})
+		}
+	}
+	// The plans reach the nodes and their WireGuard sessions come up in
+	// their own time: wait until every allowed pair passes once.
+	var last string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last pair that did not connect: %s", last)
+			for n, dp := range l.dps {
+				for _, dom := range []string{"yellow", "red"} {
+					ps, err := dp.Peers(dom)
+					t.Logf("%s %s: %+v %v", n, dom, ps, err)
+				}
+			}
+		}
+	})
+	tvdtest.Eventually(t, 30*time.Second, "every allowed pair connected once", func() bool {
+		for _, p := range pairs {
+			if p.want {
+				if ok, err := l.dial(p.a, p.b, time.Second); !ok {
+					last = fmt.Sprintf("%s -> %s (%v)", p.a.name, p.b.name, err)
+					return false
+				}
+			}
+		}
+		return true
+	})
+	before := l.counters()
+	var wg sync.WaitGroup
+	got := make([]bool, len(pairs))
+	errs := make([]error, len(pairs))
+	for i, p := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = l.dial(p.a, p.b, 3*time.Second)
+		}()
+	}
+	wg.Wait()
+	allowed, sameNode := 0, 0
+	var lines []string
+	for i, p := range pairs {
+		if errs[i] != nil {
+			t.Errorf("%s -> %s: %v", p.a.name, p.b.name, errs[i])
+			continue
+		}
+		if got[i] != p.want {
+			t.Errorf("%s (%s/%s, %s) -> %s (%s/%s, %s): passed=%v, want %v (%s)", p.a.name, p.a.domain, p.a.role, p.a.node,
+				p.b.name, p.b.domain, p.b.role, p.b.node, got[i], p.want, p.why)
+		}
+		if p.want {
+			allowed++
+			if p.a.node == p.b.node {
+				sameNode++
+			}
+		}
+		lines = append(lines, fmt.Sprintf("%s->%s=%v", p.a.name, p.b.name, got[i]))
+	}
+	sort.Strings(lines)
+	t.Logf("%d pairs, %d allowed (%d on one node): %s", len(pairs), allowed, sameNode, strings.Join(lines, " "))
+	if allowed == 0 || allowed == len(pairs) || sameNode == 0 {
+		t.Fatalf("the layout must give allowed and dropped pairs, some on one node: %d of %d allowed, %d on one node", allowed, len(pairs), sameNode)
+	}
+	after := l.counters()
+	for _, n := range []string{filter.CounterIntra, filter.CounterP2PAllow, filter.CounterNone, filter.CounterViaDirect} {
+		if after[n] <= before[n] {
+			t.Errorf("counter %s did not move (%d -> %d)", n, before[n], after[n])
+		}
+	}
+	for _, n := range []string{filter.CounterSpoof, filter.CounterMisroute, filter.CounterMalformed} {
+		if after[n] != 0 {
+			t.Errorf("counter %s = %d, want 0", n, after[n])
+		}
+	}
+}
+
+// counters sums the flow filters' packet counters over the nodes.
+func (l *usLab) counters() map[string]uint64 {
+	sum := map[string]uint64{}
+	for _, dp := range l.dps {
+		for n, c := range dp.Counters() {
+			sum[n] += c.Packets
+		}
+	}
+	return sum
+}
+
+// TestUserspaceRevocation: a revoked member is cut off at every peer (its
+// address leaves their WireGuard peers and flow plans) and on its own
+// node (its stack and overlay socket go), while the others are unaffected.
+func TestUserspaceRevocation(t *testing.T) {
+	l := newUSLab(t)
+	os1, os2, dc := l.byName["r-os1"], l.byName["r-os2"], l.byName["r-dc"]
+	tvdtest.Eventually(t, 30*time.Second, "r-os1 and r-dc connected", func() bool {
+		a, _ := l.dial(os1, dc, time.Second)
+		b, _ := l.dial(dc, os1, time.Second)
+		return a && b
+	})
+	_, err := l.env.Admin.Admin.Revoke(context.Background(), connect.NewRequest(&tvdv1.RevokeRequest{
+		Target: &tvdv1.RevokeRequest_Member{Member: &tvdv1.Member{Domain: "red", Role: "client-os", Ee: "r-os1"}}, Reason: "test"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	tvdtest.Eventually(t, 10*time.Second, "r-os1 cut off both ways", func() bool {
+		a, _ := l.dial(dc, os1, 500*time.Millisecond)
+		b, _ := l.dial(os1, dc, 500*time.Millisecond)
+		return !a && !b
+	})
+	t.Logf("cut off %v after the revocation", time.Since(start).Round(time.Millisecond))
+	for _, p := range [][2]*usEE{{os2, dc}, {dc, os2}, {l.byName["y-mc"], l.byName["y-mc2"]}} {
+		if ok, err := l.dial(p[0], p[1], 3*time.Second); !ok || err != nil {
+			t.Errorf("%s -> %s after revoking r-os1: passed=%v err=%v, want pass", p[0].name, p[1].name, ok, err)
+		}
+	}
+}
