@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 
@@ -20,6 +21,7 @@ import (
 //	    role: client-os
 //	    owner: outsourcing-customer
 //	    claims: {ee.protected_disk_gb: "500"}
+//	    expose: [{port: 8080}]   # userspace data plane only
 type NodeConfig struct {
 	Node string     `yaml:"node"`
 	EEs  []EEConfig `yaml:"ees"`
@@ -42,6 +44,20 @@ type EEConfig struct {
 	// isolation) or names the socket in TVD_WORKLOAD_SOCKET (process
 	// driver).
 	WorkloadDir string `yaml:"-"`
+	// Expose lists the overlay TCP ports the EE serves on a node running
+	// the userspace data plane (the process driver, whose EEs have no
+	// network namespace): connections the flow rules let in are forwarded
+	// to Target on the host. The kernel data plane ignores it (an EE with
+	// its own namespace listens on its overlay address itself).
+	Expose []ExposeConfig `yaml:"expose"`
+}
+
+// ExposeConfig is one overlay port of an EE (see EEConfig.Expose).
+type ExposeConfig struct {
+	Port uint16 `yaml:"port"`
+	// Target is the host address the EE's process listens on; default
+	// 127.0.0.1:Port.
+	Target string `yaml:"target"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -84,6 +100,22 @@ func ParseNodeConfig(name string, b []byte) (*NodeConfig, error) {
 			return nil, fmt.Errorf("%s: EE %q listed twice", where, e.Name)
 		}
 		seen[e.Name] = true
+		ports := map[uint16]bool{}
+		for j, x := range e.Expose {
+			at := fmt.Sprintf("%s.expose[%d]", where, j)
+			if x.Port == 0 {
+				return nil, fmt.Errorf("%s: expected a port between 1 and 65535, got none", at)
+			}
+			if ports[x.Port] {
+				return nil, fmt.Errorf("%s: port %d listed twice", at, x.Port)
+			}
+			ports[x.Port] = true
+			if x.Target != "" {
+				if _, err := netip.ParseAddrPort(x.Target); err != nil {
+					return nil, fmt.Errorf("%s: target %q: expected IP:port (e.g. 127.0.0.1:%d)", at, x.Target, x.Port)
+				}
+			}
+		}
 	}
 	return &c, nil
 }

@@ -150,7 +150,7 @@ root CA and an admin credential in DATA/admin, and prints how to use them.`,
 }
 
 func newAgentCmd() *cobra.Command {
-	var ctrl, data, token, config, node, logLevel, tpmPath, underlay, eeNetNS, eeDriver, images string
+	var ctrl, data, token, config, node, logLevel, tpmPath, underlay, eeNetNS, eeDriver, images, plane string
 	var wgPort uint16
 	var every time.Duration
 	cmd := &cobra.Command{
@@ -217,7 +217,11 @@ report continuously and renew member certificates while they are in good standin
 				if host != nil {
 					netns = host.NetNS
 				}
-				dp, err := newDataPlane(ctrl, data, underlay, wgPort, netns, log)
+				kind, err := dataPlaneKind(plane, eeDriver)
+				if err != nil {
+					return err
+				}
+				dp, err := newDataPlane(kind, ctrl, data, underlay, wgPort, netns, nc, log)
 				if err != nil {
 					return err
 				}
@@ -239,7 +243,8 @@ report continuously and renew member certificates while they are in good standin
 	f.StringVar(&node, "node", "", "node `NAME` (default: from the config file, else the host name)")
 	f.DurationVar(&every, "report-every", 5*time.Second, "longest time between reports")
 	f.StringVar(&underlay, "underlay", "", "this node's underlay `ADDR`: runs the data plane (WireGuard overlay per domain, EE links, nftables flow rules); empty: identities only")
-	f.Uint16Var(&wgPort, "wg-port", dataplane.DefaultBasePort, "first UDP `PORT` of the per-domain WireGuard interfaces")
+	f.Uint16Var(&wgPort, "wg-port", dataplane.DefaultBasePort, "first UDP `PORT` of the per-domain WireGuard interfaces (0 with the userspace data plane: ports chosen by the system, not kept across restarts)")
+	f.StringVar(&plane, "dataplane", "auto", "data plane `KIND` (with --underlay): kernel (TUN devices, veths, nftables; root), userspace (wireguard-go over a userspace network stack per EE, flow filter in the agent, no root; EEs use their overlay socket and exposed ports), or auto (userspace with --ee-driver process or without root, else kernel)")
 	f.StringVar(&eeNetNS, "ee-netns", "/run/netns", "`DIR` holding each EE's network namespace, named by the EE (without --ee-driver)")
 	f.StringVar(&eeDriver, "ee-driver", "", "run the node's EEs: linux (namespaces, overlayfs, cgroups, exec monitor; root) or process (weak isolation, execs not measured); empty: no EEs")
 	f.StringVar(&images, "images", "", "`DIR` of EE images by name (an EE's image may also be an absolute path, a sha256: digest, or empty for the busybox base image)")
@@ -268,8 +273,30 @@ func openTPM(spec string, log *slog.Logger) (*tpm.TPM, error) {
 	return t, nil
 }
 
+// Data plane kinds (--dataplane).
+const (
+	planeKernel    = "kernel"
+	planeUserspace = "userspace"
+)
+
+// dataPlaneKind resolves --dataplane: auto picks the userspace data plane
+// for the process driver (its EEs have no network namespace to attach)
+// and for an agent without root (it can create no devices).
+func dataPlaneKind(flag, eeDriver string) (string, error) {
+	switch flag {
+	case planeKernel, planeUserspace:
+		return flag, nil
+	case "", "auto":
+		if eeDriver == eehost.DriverProcess || os.Geteuid() != 0 {
+			return planeUserspace, nil
+		}
+		return planeKernel, nil
+	}
+	return "", fmt.Errorf("--dataplane %q: want kernel, userspace or auto", flag)
+}
+
 // newDataPlane builds the node's data plane for the agent.
-func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS func(string) (string, bool), log *slog.Logger) (*dataplane.DataPlane, error) {
+func newDataPlane(kind, controllerURL, data, underlay string, port uint16, eeNetNS func(string) (string, bool), nc *agent.NodeConfig, log *slog.Logger) (agent.DataPlane, error) {
 	u, err := netip.ParseAddr(underlay)
 	if err != nil {
 		return nil, fmt.Errorf("--underlay %q: want an IP address", underlay)
@@ -285,6 +312,19 @@ func newDataPlane(controllerURL, data, underlay string, port uint16, eeNetNS fun
 				}
 			}
 		}
+	}
+	if kind == planeUserspace {
+		expose := map[string][]dataplane.Expose{}
+		for _, e := range nc.EEs {
+			for _, x := range e.Expose {
+				expose[e.Name] = append(expose[e.Name], dataplane.Expose{Port: x.Port, Target: x.Target})
+			}
+		}
+		log.Info("data plane: userspace (wireguard-go over a userspace network stack per EE; flow filter in the agent)")
+		return dataplane.NewUserspace(dataplane.UserspaceConfig{
+			Underlay: u, BasePort: port, DataDir: data, Controller: ctrl, Logger: log,
+			Expose: func(ee string) []dataplane.Expose { return expose[ee] },
+		})
 	}
 	return dataplane.New(dataplane.Config{
 		Underlay: u, BasePort: port, DataDir: data, Controller: ctrl, Logger: log, EENetNS: eeNetNS,
