@@ -101,14 +101,19 @@ func (c *UserspaceConfig) Validate() error {
 // exposes (UserspaceConfig.Expose: inbound TCP forwarded to a host
 // address).
 //
-// What it does not do: it has no gateway routes (Plan.gateway_routes are
-// left out, so flows the matrix sends through gateways are dropped as
-// sent straight, deny-via-gateway-direct, and a gateway EE forwards
-// nothing); it carries TCP only between EEs and their stacks (the stacks
-// themselves exchange any IP traffic, judged by the filters); and it does
-// not confine the EE's process, which may open any host socket (the
-// process driver reports weak isolation for this reason). Traffic between
-// EEs over the host's loopback, outside the overlay, is not seen.
+// Flows the matrix sends through gateways follow the plan's gateway routes
+// hop by hop, as on the kernel plane: a route from a member's stack or a
+// domain's device to an address leads to a local gateway member's stack
+// or to a domain's device; a gateway member's stack forwards what is not
+// for it (filter.WrapGateway), each hop judged; and each member's filter
+// knows the addresses its routes reach through a gateway as hops with
+// that gateway (filter.SetReach, flow/nft's reach maps).
+//
+// What it does not do: it carries TCP only between EEs and their stacks
+// (the stacks themselves exchange any IP traffic, judged by the filters);
+// and it does not confine the EE's process, which may open any host socket
+// (the process driver reports weak isolation for this reason). Traffic
+// between EEs over the host's loopback, outside the overlay, is not seen.
 type Userspace struct {
 	cfg   UserspaceConfig
 	log   *slog.Logger
@@ -127,6 +132,21 @@ type Userspace struct {
 	// The packet path reads these without mu.
 	local  atomic.Pointer[map[netip.Addr]*usMember] // local members by address
 	routes atomic.Pointer[routeTable]               // peers' allowed IPs to domain switches
+	gw     atomic.Pointer[map[gwKey]gwHop]          // gateway routes
+}
+
+// gwKey selects a gateway route: packets from a member's stack (ee) or a
+// domain's device (domain), to an address.
+type gwKey struct {
+	ee, domain string
+	to         netip.Addr
+}
+
+// gwHop is where a gateway route sends a packet: a local gateway member,
+// or a domain's device (towards the gateway's node).
+type gwHop struct {
+	m  *usMember
+	sw *tunSwitch
 }
 
 type usDomain struct {
@@ -172,6 +192,8 @@ func NewUserspace(cfg UserspaceConfig) (*Userspace, error) {
 	empty := map[netip.Addr]*usMember{}
 	u.local.Store(&empty)
 	u.routes.Store(&routeTable{})
+	noGW := map[gwKey]gwHop{}
+	u.gw.Store(&noGW)
 	return u, nil
 }
 
@@ -238,8 +260,8 @@ func (u *Userspace) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 	if flowErr != nil {
 		global = append(global, flowErr)
 	}
-	if len(want.RouteErr) > 0 || len(p.GetGatewayRoutes()) > 0 {
-		u.log.DebugContext(ctx, "gateway routes are not carried by the userspace data plane", "routes", len(p.GetGatewayRoutes()))
+	for _, err := range want.RouteErr {
+		u.log.WarnContext(ctx, "gateway route left out", "err", err)
 	}
 
 	// 3. Domains: peers updated (revocations even without a flow plan),
@@ -298,6 +320,11 @@ func (u *Userspace) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 		u.log.InfoContext(ctx, "EE attached", "ee", ee, "domain", ms.Domain, "address", ms.Addr, "socket", u.OverlaySocket(ee), "backend", channel.BackendNetstack)
 	}
 	u.publishLocal()
+
+	// 5. Gateway routes and what each member reaches through them.
+	if flowErr == nil {
+		u.publishGateways(want)
+	}
 
 	var acks []*tvdv1.DomainAck
 	var all []error
@@ -380,7 +407,8 @@ func (u *Userspace) openDomain(ds *domainSpec) (*usDomain, error) {
 			return nil, err
 		}
 	}
-	sw := newTUNSwitch(channel.InterfaceName(ds.Name), channel.DefaultMTU, u.deliver)
+	name := ds.Name
+	sw := newTUNSwitch(channel.InterfaceName(ds.Name), channel.DefaultMTU, func(pkt []byte) { u.deliver(name, pkt) })
 	iface, err := channel.NewUserspace(channel.Config{
 		Name:       channel.InterfaceName(ds.Name),
 		Domain:     ds.Name,
@@ -433,7 +461,11 @@ func (u *Userspace) startMember(ms memberSpec, d *usDomain) (m *usMember, err er
 	if err != nil {
 		return nil, fmt.Errorf("create netstack: %w", err)
 	}
-	m = &usMember{spec: ms, domain: d, filt: f, dev: filter.Wrap(td, f), net: tnet, done: make(chan struct{})}
+	dev := filter.Wrap(td, f)
+	if c, ok := u.matrix.Class(ms.Domain, ms.Role); ok && u.matrix.IsGateway(c) {
+		dev = filter.WrapGateway(td, f)
+	}
+	m = &usMember{spec: ms, domain: d, filt: f, dev: dev, net: tnet, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			m.stop()
@@ -562,6 +594,16 @@ func (u *Userspace) pump(m *usMember) {
 		if !ok {
 			continue
 		}
+		if hop, ok := (*u.gw.Load())[gwKey{ee: m.spec.EE, to: dst}]; ok {
+			if hop.m != nil {
+				if hop.m != m {
+					hop.m.dev.Write([][]byte{pkt}, 0)
+				}
+			} else {
+				hop.sw.send(append([]byte(nil), pkt...), m.done)
+			}
+			continue
+		}
 		if to := (*u.local.Load())[dst]; to != nil {
 			if to != m {
 				to.dev.Write([][]byte{pkt}, 0)
@@ -576,12 +618,19 @@ func (u *Userspace) pump(m *usMember) {
 	}
 }
 
-// deliver hands a packet a domain device received to the local member
-// owning its destination (its filter judges it); others are dropped.
-func (u *Userspace) deliver(pkt []byte) {
+// deliver hands a packet domain's device received to the local gateway
+// member a gateway route names, else to the local member owning its
+// destination (its filter judges it); others are dropped.
+func (u *Userspace) deliver(domain string, pkt []byte) {
 	dst, ok := packetDst(pkt)
 	if !ok {
 		return
+	}
+	if hop, ok := (*u.gw.Load())[gwKey{domain: domain, to: dst}]; ok {
+		if hop.m != nil {
+			hop.m.dev.Write([][]byte{pkt}, 0)
+		}
+		return // a route back into the domain's own device: dropped
 	}
 	if m := (*u.local.Load())[dst]; m != nil {
 		m.dev.Write([][]byte{pkt}, 0)
@@ -594,6 +643,66 @@ func (u *Userspace) publishLocal() {
 		l[m.spec.Addr] = m
 	}
 	u.local.Store(&l)
+}
+
+// publishGateways installs the plan's gateway routes whose ends are up,
+// and gives each member's filter the addresses it reaches through a
+// gateway: a route from the member via a local gateway member reaches its
+// address through that member's class; one via a domain's device,
+// through the class of the gateway the peer carries it for (the plan's
+// reach).
+func (u *Userspace) publishGateways(want *desired) {
+	table := map[gwKey]gwHop{}
+	reach := map[string]map[netip.Addr]flow.ClassID{}
+	reachClass := map[string]map[netip.Addr]flow.ClassID{} // by domain: reach address -> gateway class
+	for name, ds := range want.Domains {
+		for _, r := range ds.Reach {
+			if c, ok := u.matrix.Class(r.Domain, r.Role); ok {
+				if reachClass[name] == nil {
+					reachClass[name] = map[netip.Addr]flow.ClassID{}
+				}
+				reachClass[name][r.Addr] = c
+			}
+		}
+	}
+	for _, r := range want.GatewayRoutes {
+		var hop gwHop
+		var cls flow.ClassID
+		known := false
+		if r.ViaEE != "" {
+			g := u.members[r.ViaEE]
+			if g == nil {
+				continue
+			}
+			hop.m = g
+			cls, known = u.matrix.Class(g.spec.Domain, g.spec.Role)
+		} else {
+			d := u.domains[r.ViaDomain]
+			if d == nil {
+				continue
+			}
+			hop.sw = d.sw
+			cls, known = reachClass[r.ViaDomain][r.To]
+		}
+		if r.FromEE != "" {
+			if u.members[r.FromEE] == nil {
+				continue
+			}
+			if known {
+				if reach[r.FromEE] == nil {
+					reach[r.FromEE] = map[netip.Addr]flow.ClassID{}
+				}
+				reach[r.FromEE][r.To] = cls
+			}
+		} else if u.domains[r.FromDomain] == nil {
+			continue
+		}
+		table[gwKey{ee: r.FromEE, domain: r.FromDomain, to: r.To}] = hop
+	}
+	for ee, m := range u.members {
+		m.filt.SetReach(reach[ee])
+	}
+	u.gw.Store(&table)
 }
 
 // publishRoutes rebuilds the route table from the open domains' peers:

@@ -171,10 +171,11 @@ func (l *usLab) class(e *usEE) flow.ClassID {
 
 // TestUserspaceMatrix is the matrix test of the userspace data plane:
 // three agents, a real controller, and for every ordered pair of members a
-// TCP connection sent straight from one EE's overlay socket to the
-// other's overlay address passes exactly when the flow matrix lets the
-// two classes talk directly. Flows the matrix sends through gateways are
-// dropped when sent straight (the userspace plane has no gateway routes).
+// TCP connection from one EE's overlay socket to the other's overlay
+// address passes exactly when the flow matrix lets the two classes talk,
+// straight or through the gateways (flow.Matrix.Via: the plan's gateway
+// routes carry it hop by hop, each hop judged). A flow whose origin may
+// not cross is refused at the gateway.
 func TestUserspaceMatrix(t *testing.T) {
 	l := newUSLab(t)
 	type pair struct {
@@ -189,7 +190,12 @@ func TestUserspaceMatrix(t *testing.T) {
 				continue
 			}
 			d := l.m.Decide(l.class(a), l.class(b))
-			pairs = append(pairs, pair{a, b, d.Direct, d.Rule.String()})
+			via := l.m.Via(l.class(a), l.class(b))
+			why := d.Rule.String()
+			if len(via) > 0 {
+				why += " through gateways"
+			}
+			pairs = append(pairs, pair{a, b, d.Direct || len(via) > 0, why})
 		}
 	}
 	// The plans reach the nodes and their WireGuard sessions come up in
@@ -229,7 +235,7 @@ func TestUserspaceMatrix(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	allowed, sameNode := 0, 0
+	allowed, sameNode, routed := 0, 0, 0
 	var lines []string
 	for i, p := range pairs {
 		if errs[i] != nil {
@@ -245,16 +251,20 @@ func TestUserspaceMatrix(t *testing.T) {
 			if p.a.node == p.b.node {
 				sameNode++
 			}
+			if strings.HasSuffix(p.why, "through gateways") {
+				routed++
+			}
 		}
 		lines = append(lines, fmt.Sprintf("%s->%s=%v", p.a.name, p.b.name, got[i]))
 	}
 	sort.Strings(lines)
-	t.Logf("%d pairs, %d allowed (%d on one node): %s", len(pairs), allowed, sameNode, strings.Join(lines, " "))
-	if allowed == 0 || allowed == len(pairs) || sameNode == 0 {
-		t.Fatalf("the layout must give allowed and dropped pairs, some on one node: %d of %d allowed, %d on one node", allowed, len(pairs), sameNode)
+	t.Logf("%d pairs, %d allowed (%d on one node, %d through gateways): %s", len(pairs), allowed, sameNode, routed, strings.Join(lines, " "))
+	if allowed == 0 || allowed == len(pairs) || sameNode == 0 || routed == 0 {
+		t.Fatalf("the layout must give allowed and dropped pairs, some on one node, some through gateways: %d of %d allowed, %d on one node, %d through gateways",
+			allowed, len(pairs), sameNode, routed)
 	}
 	after := l.counters()
-	for _, n := range []string{filter.CounterIntra, filter.CounterP2PAllow, filter.CounterNone, filter.CounterViaDirect} {
+	for _, n := range []string{filter.CounterIntra, filter.CounterP2PAllow, filter.CounterNone, filter.CounterGatewayRefused} {
 		if after[n] <= before[n] {
 			t.Errorf("counter %s did not move (%d -> %d)", n, before[n], after[n])
 		}

@@ -68,9 +68,10 @@ type Filter struct {
 	now   func() time.Time
 	epoch time.Time
 
-	applyMu      sync.Mutex // serializes Apply and SetPeers
+	applyMu      sync.Mutex // serializes Apply, SetPeers and SetReach
 	tab          atomic.Pointer[tables]
 	pendingPeers [][]netip.Prefix // SetPeers before the first Apply
+	reach        map[netip.Addr]flow.ClassID
 
 	flows    flowTable
 	counters [numVerdicts]struct {
@@ -121,7 +122,7 @@ func (f *Filter) Apply(p *flow.Plan) error {
 	} else {
 		peers = f.pendingPeers
 	}
-	f.tab.Store(compile(p, f.iface, peers, prev))
+	f.tab.Store(compile(p, f.iface, peers, f.reach, prev))
 	return nil
 }
 
@@ -148,7 +149,27 @@ func (f *Filter) SetPeers(peers [][]netip.Prefix) {
 		f.pendingPeers = cp
 		return
 	}
-	f.tab.Store(compile(prev.plan, f.iface, cp, prev))
+	f.tab.Store(compile(prev.plan, f.iface, cp, f.reach, prev))
+}
+
+// SetReach tells the filter which remote addresses it reaches through a
+// gateway, and that gateway's class: a hop to or from such an address is
+// judged as a hop with the gateway (flow/nft's reach maps, flow.Reach),
+// before the peers and the plan's addresses are consulted. The agent's
+// userspace data plane uses it for the flows the matrix sends through
+// gateways (the plan's gateway routes). Call it whenever the routes
+// change; it swaps the tables atomically, as Apply does.
+func (f *Filter) SetReach(reach map[netip.Addr]flow.ClassID) {
+	cp := make(map[netip.Addr]flow.ClassID, len(reach))
+	for a, c := range reach {
+		cp[a.Unmap()] = c
+	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	f.reach = cp
+	if prev := f.tab.Load(); prev != nil {
+		f.tab.Store(compile(prev.plan, f.iface, prev.peers, cp, prev))
+	}
 }
 
 // Plan returns the plan last applied, or nil.

@@ -112,6 +112,11 @@ type tables struct {
 	routes4 []routeLen[[4]byte]
 	routes6 []routeLen[[16]byte]
 
+	// Reach: remote addresses reached through a gateway, with the
+	// gateway's class (SetReach); nil when none.
+	reach4 map[[4]byte]addrInfo
+	reach6 map[[16]byte]addrInfo
+
 	// verdict[(s+reserved)*n + d+reserved] is the verdict for a hop from
 	// class s to class d (reserved classes included).
 	verdict []Verdict
@@ -189,7 +194,7 @@ func hopVerdict(m *flow.Matrix, s, d int32) Verdict {
 // compile builds the tables of a validated plan for the interface named
 // iface and its WireGuard peers (each peer's allowed IPs; nil when not
 // known). prev, when it has the same matrix, lends its matrix tables.
-func compile(p *flow.Plan, iface string, peers [][]netip.Prefix, prev *tables) *tables {
+func compile(p *flow.Plan, iface string, peers [][]netip.Prefix, reach map[netip.Addr]flow.ClassID, prev *tables) *tables {
 	t := &tables{
 		plan: p, peers: peers, m: p.Matrix, n: p.Matrix.NumClasses() + reserved,
 		addr4: make(map[[4]byte]addrInfo, len(p.Members)+len(p.Controllers)),
@@ -224,6 +229,23 @@ func compile(p *flow.Plan, iface string, peers [][]netip.Prefix, prev *tables) *
 		}
 	}
 	t.compileRoutes(peers)
+	for a, c := range reach {
+		if int(c) >= p.Matrix.NumClasses() {
+			continue // not a class of this plan's matrix
+		}
+		ai := addrInfo{cls: int32(c), mem: -1}
+		if a.Is4() {
+			if t.reach4 == nil {
+				t.reach4 = map[[4]byte]addrInfo{}
+			}
+			t.reach4[a.As4()] = ai
+		} else {
+			if t.reach6 == nil {
+				t.reach6 = map[[16]byte]addrInfo{}
+			}
+			t.reach6[a.As16()] = ai
+		}
+	}
 	return t
 }
 
@@ -336,6 +358,22 @@ func (t *tables) route(ver uint8, a *[16]byte) int32 {
 	return -1
 }
 
+// reached looks an address up in the reach tables.
+func (t *tables) reached(ver uint8, a *[16]byte) (addrInfo, bool) {
+	if ver == 4 {
+		if t.reach4 == nil {
+			return addrInfo{}, false
+		}
+		ai, ok := t.reach4[[4]byte(a[:4])]
+		return ai, ok
+	}
+	if t.reach6 == nil {
+		return addrInfo{}, false
+	}
+	ai, ok := t.reach6[*a]
+	return ai, ok
+}
+
 func (t *tables) hop(s, d int32) Verdict {
 	return t.verdict[int(s+reserved)*t.n+int(d+reserved)]
 }
@@ -376,6 +414,9 @@ type resolved struct {
 func (t *tables) resolve(ver uint8, e end) resolved {
 	mem := t.local
 	if !e.local {
+		if ai, ok := t.reached(ver, e.addr); ok {
+			return resolved{ok: true, cls: ai.cls}
+		}
 		mem = t.route(ver, e.addr)
 		if mem < 0 {
 			ai, ok := t.lookup(ver, e.addr)

@@ -22,8 +22,9 @@ import (
 // (--dataplane userspace: no TUN, no nftables, no root needed): each EE is
 // a real process serving a page with busybox httpd on a host port it
 // exposes on the overlay. A client that speaks through an EE's overlay
-// socket fetches a page across the nodes exactly when the flow matrix lets
-// the two members talk directly.
+// socket fetches a page exactly when the flow matrix lets the two members
+// talk, straight or through the gateways (Rule G: the management console
+// reaches a red client on its own node through both gateways on another).
 func TestUserspaceDataPlaneProcesses(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "controller")
@@ -119,7 +120,8 @@ func TestUserspaceDataPlaneProcesses(t *testing.T) {
 		{"red-client1", "red-gw", true},      // intra-domain, across nodes
 		{"yellow-gw", "red-gw", true},        // point-to-point, one node
 		{"red-gw", "yellow-gw", true},        // point-to-point, one node
-		{"yellow-mc1", "red-gw", false},      // via-gateway, sent straight
+		{"yellow-mc1", "red-gw", true},       // Rule G: through yellow-gw
+		{"yellow-mc1", "red-client1", true},  // Rule G: pc1 -> yellow-gw -> red-gw (mgmt) -> pc1
 		{"red-client1", "yellow-mc1", false}, // none, one node
 		{"red-client1", "yellow-gw", false},  // none, across nodes
 	}
