@@ -4,6 +4,12 @@
 // enforcement (package flow/nft: one nftables table), and attaches the
 // node's local EEs to them. It implements agent.DataPlane.
 //
+// There are two: [DataPlane] (below: kernel TUN devices, veths into the
+// EEs' network namespaces, nftables; root) and [Userspace] (the same plans
+// in the agent's process: wireguard-go over a userspace network stack per
+// EE, the flow decisions made by channel/filter; no root, for the process
+// driver, whose EEs have no namespace).
+//
 // # Topology on one node
 //
 // Everything lives in the node's network namespace (Config.NodeNetNS):
