@@ -135,6 +135,7 @@ type Agent struct {
 	renewStream context.CancelFunc
 	channelKeys []*tvdv1.ChannelKey
 	done        map[string]bool // instructions and EE operations carried out
+	jr          *journal        // the same, durably (see journal)
 	eeOps       chan *tvdv1.EEOperationRequest
 	eeResults   []*tvdv1.EEOperationResult // for the next report
 	joins       []*tvdv1.EESpec            // EEs created since, asking to join
@@ -199,6 +200,16 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if a.cl, err = client.Dial(a.creds, cfg.Controller); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if a.jr, err = openJournal(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for id := range a.jr.entries {
+		a.done[id] = true
+	}
+	if rec := a.jr.recovered(); len(rec) > 0 {
+		a.eeResults = append(a.eeResults, rec...)
+		a.log.Info("operation journal: outcomes to report again", "operations", len(rec))
 	}
 	if p, err := a.loadPlan(); err == nil {
 		a.plan = p
@@ -468,13 +479,19 @@ func (a *Agent) apply(ctx context.Context, p *tvdv1.Plan) {
 		}
 	}
 	a.domains = ack.Domains
+	if err := a.jr.prune(p); err != nil {
+		a.log.Warn("operation journal", "err", err)
+	}
 	for _, in := range p.GetInstructions() {
 		if a.done[in.GetId()] {
 			continue
 		}
 		a.done[in.GetId()] = true
 		ia := &tvdv1.InstructionAck{Id: in.GetId(), Done: true}
-		if a.cfg.EEs == nil {
+		if err := a.jr.begin(in.GetId(), "instruction", a.now()); err != nil {
+			// Not carried out: the agent could not record that it began.
+			ia.Done, ia.Error = false, err.Error()
+		} else if a.cfg.EEs == nil {
 			ia.Done, ia.Error = false, "this node runs no EEs"
 		} else if err := a.cfg.EEs.Do(ctx, in); err != nil {
 			ia.Done, ia.Error = false, err.Error()

@@ -42,6 +42,9 @@ func (a *Agent) eeOpLoop(ctx context.Context) error {
 			res, join := a.runEEOp(ctx, op)
 			a.log.Info("ee operation", "id", op.GetId(), "action", op.GetAction().String(), "ee", op.GetEe(), "by", op.GetActor(), "done", res.GetDone(), "err", res.GetError())
 			a.mu.Lock()
+			if err := a.jr.finish(res); err != nil {
+				a.log.Warn("operation journal", "id", op.GetId(), "err", err)
+			}
 			a.eeResults = append(a.eeResults, res)
 			if join != nil {
 				a.joins = append(a.joins, join)
@@ -63,11 +66,17 @@ func (a *Agent) queueEEOps(p *tvdv1.Plan) {
 			continue
 		}
 		a.done[op.GetId()] = true
+		if err := a.jr.begin(op.GetId(), "ee-operation", a.now()); err != nil {
+			a.eeResults = append(a.eeResults, &tvdv1.EEOperationResult{Id: op.GetId(), Error: "not carried out: " + err.Error()})
+			continue
+		}
 		select {
 		case a.eeOps <- op:
 		default:
 			// The queue is full: report it failed, the admin may retry.
-			a.eeResults = append(a.eeResults, &tvdv1.EEOperationResult{Id: op.GetId(), Error: "the agent's operation queue is full; retry"})
+			res := &tvdv1.EEOperationResult{Id: op.GetId(), Error: "the agent's operation queue is full; retry"}
+			a.jr.finish(res)
+			a.eeResults = append(a.eeResults, res)
 		}
 	}
 }
