@@ -24,8 +24,10 @@ import (
 	"log/slog"
 	"maps"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -134,8 +136,10 @@ type Agent struct {
 	// watch loop reopens it at once: a new stream starts with a fresh nonce.
 	renewStream context.CancelFunc
 	channelKeys []*tvdv1.ChannelKey
-	done        map[string]bool // instructions and EE operations carried out
-	jr          *journal        // the same, durably (see journal)
+	done        map[string]bool         // instructions and EE operations carried out
+	jr          *journal                // the same, durably (see journal)
+	wl          map[string]*http.Server // Workload API servers, by EE
+	wlCtx       context.Context         // Run's, for the servers; nil when not running
 	eeOps       chan *tvdv1.EEOperationRequest
 	eeResults   []*tvdv1.EEOperationResult // for the next report
 	joins       []*tvdv1.EESpec            // EEs created since, asking to join
@@ -200,6 +204,15 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if a.cl, err = client.Dial(a.creds, cfg.Controller); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	created, err := loadCreated(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for _, e := range created {
+		if !slices.ContainsFunc(cfg.Node.EEs, func(x EEConfig) bool { return x.Name == e.Name }) {
+			cfg.Node.EEs = append(cfg.Node.EEs, e)
+		}
 	}
 	if a.jr, err = openJournal(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -322,12 +335,8 @@ func (a *Agent) enroll(ctx context.Context, dir string) error {
 func (a *Agent) Run(ctx context.Context) error {
 	// The Workload API sockets exist before the EEs start, so that their
 	// applications find them at once.
-	servers, err := a.serveWorkload(ctx)
-	defer func() {
-		for _, s := range servers {
-			s.Close()
-		}
-	}()
+	err := a.serveWorkload(ctx)
+	defer a.closeWorkload()
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

@@ -43,7 +43,7 @@ type EEConfig struct {
 	// the agent sets it, and the EE host mounts it at /run/tvd (strong
 	// isolation) or names the socket in TVD_WORKLOAD_SOCKET (process
 	// driver).
-	WorkloadDir string `yaml:"-"`
+	WorkloadDir string `yaml:"-" json:"-"`
 	// Expose lists the overlay TCP ports the EE serves on a node running
 	// the userspace data plane (the process driver, whose EEs have no
 	// network namespace): connections the flow rules let in are forwarded

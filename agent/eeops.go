@@ -127,11 +127,16 @@ func (a *Agent) doEEOp(ctx context.Context, op *tvdv1.EEOperationRequest, res *t
 	}
 }
 
-// forget drops what the agent keeps for an EE that left the node.
+// forget drops what the agent keeps for an EE that left the node: its
+// trusted mark, its Workload API server and its record as created here.
 func (a *Agent) forget(name string) {
 	a.mu.Lock()
 	delete(a.trusted, name)
 	a.mu.Unlock()
+	a.dropWorkload(name)
+	if err := a.forgetCreated(name); err != nil {
+		a.log.Warn("created EEs", "ee", name, "err", err)
+	}
 }
 
 func configOf(d *tvdv1.EEDefinition) EEConfig {
@@ -164,9 +169,19 @@ func (a *Agent) createEE(ctx context.Context, h eeOperator, d *tvdv1.EEDefinitio
 			return nil, fmt.Errorf("ee %s: image %q on this node has digest %s, want %s", e.Name, e.Image, got, want)
 		}
 	}
+	// Its Workload API socket exists before it starts, as a configured
+	// EE's does.
+	e.WorkloadDir = a.WorkloadDir(e.Name)
+	if err := a.addWorkload(e.Name); err != nil {
+		return nil, err
+	}
 	digest, err := h.CreateEE(ctx, e, archivePath, archiveDigest)
 	if err != nil {
+		a.dropWorkload(e.Name)
 		return nil, err
+	}
+	if err := a.rememberCreated(e); err != nil {
+		a.log.Warn("created EEs: not recorded; the EE will not come back after an agent restart", "ee", e.Name, "err", err)
 	}
 	res.ImageDigest = digest
 	spec, err := a.specFor(e)

@@ -62,53 +62,100 @@ func (a *Agent) WorkloadSocket(ee string) string {
 	return filepath.Join(a.WorkloadDir(ee), WorkloadSocketName)
 }
 
-// serveWorkload listens on every EE's socket and serves until ctx ends.
-func (a *Agent) serveWorkload(ctx context.Context) ([]*http.Server, error) {
-	var servers []*http.Server
+// serveWorkload listens on every EE's socket and serves until ctx ends;
+// EEs created later (tvd ee create, a migration in) get theirs from
+// addWorkload. closeWorkload stops them all.
+func (a *Agent) serveWorkload(ctx context.Context) error {
 	// On the host only the agent may reach the sockets: the parent is
 	// 0700; each EE's directory is opened up inside the EE by its mount.
 	top := filepath.Join(a.cfg.DataDir, "workload")
 	if err := os.MkdirAll(top, 0o700); err != nil {
-		return nil, fmt.Errorf("workload API: %w", err)
+		return fmt.Errorf("workload API: %w", err)
 	}
 	if err := os.Chmod(top, 0o700); err != nil {
-		return nil, fmt.Errorf("workload API: %w", err)
+		return fmt.Errorf("workload API: %w", err)
 	}
+	a.mu.Lock()
+	a.wlCtx = ctx
+	a.mu.Unlock()
 	for _, e := range a.cfg.Node.EEs {
-		dir := a.WorkloadDir(e.Name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return servers, fmt.Errorf("workload API for EE %s: %w", e.Name, err)
+		if err := a.addWorkload(e.Name); err != nil {
+			return err
 		}
-		// The directory is mounted into the EE, whose users may be mapped
-		// to other host ids; the socket serves nothing but that EE.
-		if err := os.Chmod(dir, 0o755); err != nil {
-			return servers, fmt.Errorf("workload API for EE %s: %w", e.Name, err)
-		}
-		path := filepath.Join(dir, WorkloadSocketName)
-		if len(path) > maxSocketPath {
-			return servers, fmt.Errorf("workload API for EE %s: socket path %s is %d bytes; unix sockets allow at most %d (use a shorter --data directory)", e.Name, path, len(path), maxSocketPath)
-		}
-		os.Remove(path)
-		l, err := net.Listen("unix", path)
-		if err != nil {
-			return servers, fmt.Errorf("workload API for EE %s: %w", e.Name, err)
-		}
-		if err := os.Chmod(path, 0o666); err != nil {
-			l.Close()
-			return servers, fmt.Errorf("workload API for EE %s: %w", e.Name, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle(tvdv1connect.NewWorkloadServiceHandler(&workloadService{a: a, ee: e.Name}, connect.WithReadMaxBytes(1<<20)))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-		servers = append(servers, srv)
-		go func() {
-			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				a.log.Error("workload API", "ee", e.Name, "err", err)
-			}
-		}()
-		a.log.Info("workload API listening", "ee", e.Name, "socket", path)
 	}
-	return servers, nil
+	return nil
+}
+
+// addWorkload starts ee's Workload API server (once).
+func (a *Agent) addWorkload(ee string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.wl[ee]; ok {
+		return nil
+	}
+	ctx := a.wlCtx
+	if ctx == nil {
+		return fmt.Errorf("workload API for EE %s: the agent is not running", ee)
+	}
+	dir := a.WorkloadDir(ee)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("workload API for EE %s: %w", ee, err)
+	}
+	// The directory is mounted into the EE, whose users may be mapped
+	// to other host ids; the socket serves nothing but that EE.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("workload API for EE %s: %w", ee, err)
+	}
+	path := filepath.Join(dir, WorkloadSocketName)
+	if len(path) > maxSocketPath {
+		return fmt.Errorf("workload API for EE %s: socket path %s is %d bytes; unix sockets allow at most %d (use a shorter --data directory)", ee, path, len(path), maxSocketPath)
+	}
+	os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("workload API for EE %s: %w", ee, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return fmt.Errorf("workload API for EE %s: %w", ee, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(tvdv1connect.NewWorkloadServiceHandler(&workloadService{a: a, ee: ee}, connect.WithReadMaxBytes(1<<20)))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	if a.wl == nil {
+		a.wl = map[string]*http.Server{}
+	}
+	a.wl[ee] = srv
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("workload API", "ee", ee, "err", err)
+		}
+	}()
+	a.log.Info("workload API listening", "ee", ee, "socket", path)
+	return nil
+}
+
+// dropWorkload stops ee's Workload API server (an EE that left the node).
+func (a *Agent) dropWorkload(ee string) {
+	a.mu.Lock()
+	srv := a.wl[ee]
+	delete(a.wl, ee)
+	a.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+		os.Remove(a.WorkloadSocket(ee))
+	}
+}
+
+// closeWorkload stops every Workload API server.
+func (a *Agent) closeWorkload() {
+	a.mu.Lock()
+	srvs := a.wl
+	a.wl, a.wlCtx = nil, nil
+	a.mu.Unlock()
+	for _, s := range srvs {
+		s.Close()
+	}
 }
 
 // identityChanged wakes the identity streams; a.mu must be held.

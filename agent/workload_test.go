@@ -13,10 +13,8 @@ import (
 func TestWorkloadSocketPathTooLong(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 80))
 	a := &Agent{cfg: Config{DataDir: dir, Node: &NodeConfig{EEs: []EEConfig{{Name: "web"}}}}, log: slog.New(slog.DiscardHandler)}
-	servers, err := a.serveWorkload(context.Background())
-	for _, s := range servers {
-		s.Close()
-	}
+	err := a.serveWorkload(context.Background())
+	a.closeWorkload()
 	if err == nil || !strings.Contains(err.Error(), "unix sockets allow at most 107") {
 		t.Fatalf("got %v; want the socket path limit named", err)
 	}

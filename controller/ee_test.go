@@ -30,7 +30,17 @@ import (
 // driver (weak isolation; no root needed).
 type eeNode struct {
 	*tvdtest.RunningAgent
-	drv ee.Driver
+	drv  ee.Driver
+	host *eehost.Host
+}
+
+// restart stops the node's agent and its EEs (as a shutdown does) and
+// starts both again on the same data directory.
+func (n *eeNode) restart(t *testing.T, env *tvdtest.Env, nc agent.NodeConfig) *eeNode {
+	t.Helper()
+	n.Stop()
+	n.host.Close()
+	return startEENode(t, env, nc)
 }
 
 func startEENode(t *testing.T, env *tvdtest.Env, nc agent.NodeConfig) *eeNode {
@@ -59,7 +69,7 @@ func startEENode(t *testing.T, env *tvdtest.Env, nc agent.NodeConfig) *eeNode {
 		ra.Stop()
 		host.Close()
 	})
-	return &eeNode{RunningAgent: ra, drv: drv}
+	return &eeNode{RunningAgent: ra, drv: drv, host: host}
 }
 
 // waitOp polls an EE operation until it is no longer pending, and fails
@@ -162,9 +172,10 @@ func TestEEOperations(t *testing.T) {
 	n1 := startEENode(t, env, agent.NodeConfig{Node: "n1", EEs: []agent.EEConfig{
 		{Name: "red-client1", Domain: "red", Role: "client-os", Owner: "outsourcing-customer", Command: []string{"sh", "-c", loop}},
 	}})
-	n2 := startEENode(t, env, agent.NodeConfig{Node: "n2", EEs: []agent.EEConfig{
+	n2cfg := agent.NodeConfig{Node: "n2", EEs: []agent.EEConfig{
 		{Name: "yellow-mc2", Domain: "yellow", Role: "management-console", Owner: "ibm-global-services"},
-	}})
+	}}
+	n2 := startEENode(t, env, n2cfg)
 	tvdtest.Eventually(t, 15*time.Second, "two verified members", func() bool {
 		m1, m2 := member(t, env, "red-client1"), member(t, env, "yellow-mc2")
 		return m1 != nil && m2 != nil && m1.GetVerdict().GetStatus() == tvdv1.Status_STATUS_VERIFIED && m2.GetVerdict().GetStatus() == tvdv1.Status_STATUS_VERIFIED
@@ -316,6 +327,11 @@ func TestEEOperations(t *testing.T) {
 		m := member(t, env, "red-client9")
 		return m != nil && m.GetNode() == "n2" && m.GetVerdict().GetStatus() == tvdv1.Status_STATUS_VERIFIED
 	})
+	// A created EE has its Workload API socket (and comes back when its
+	// node's agent restarts, below).
+	if _, err := os.Stat(filepath.Join(n2.DataDir, "workload", "red-client9", "workload.sock")); err != nil {
+		t.Errorf("created EE's Workload API socket: %v", err)
+	}
 	if _, err := env.Admin.EE.CreateEE(ctx, connect.NewRequest(&tvdv1.CreateEERequest{Node: "n1", Definition: &tvdv1.EEDefinition{
 		Name: "red-client9", Domain: "red", Role: "client-os"}})); connect.CodeOf(err) != connect.CodeAlreadyExists {
 		t.Errorf("second create of red-client9: %v; want already exists", err)
@@ -382,5 +398,25 @@ func TestEEOperations(t *testing.T) {
 	// Once the EE runs from it, the controller drops the archive.
 	if left, _ := filepath.Glob(filepath.Join(env.Dir, "controller", "archives", "*")); len(left) > 0 {
 		t.Errorf("archives left at the controller: %v", left)
+	}
+
+	// An EE created through the controller comes back when its node's
+	// agent restarts (from its image, as every EE does), still a member,
+	// with its Workload API.
+	cresp, err = env.Admin.EE.CreateEE(ctx, connect.NewRequest(&tvdv1.CreateEERequest{Node: "n2", Definition: &tvdv1.EEDefinition{
+		Name: "red-client8", Domain: "red", Role: "client-os", Owner: "outsourcing-customer"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOp(t, env.Admin, cresp.Msg.GetOperation())
+	waitEE(t, env, "red-client8@n2", tvdv1.EEState_EE_STATE_RUNNING)
+	n2 = n2.restart(t, env, n2cfg)
+	tvdtest.Eventually(t, 20*time.Second, "red-client8 running and verified on the restarted n2", func() bool {
+		e := listEEs(t, env.Admin)["red-client8@n2"]
+		m := member(t, env, "red-client8")
+		return e != nil && e.GetState() == tvdv1.EEState_EE_STATE_RUNNING && m != nil && m.GetNode() == "n2" && m.GetVerdict().GetStatus() == tvdv1.Status_STATUS_VERIFIED
+	})
+	if _, err := os.Stat(filepath.Join(n2.DataDir, "workload", "red-client8", "workload.sock")); err != nil {
+		t.Errorf("Workload API socket of the created EE after the restart: %v", err)
 	}
 }
