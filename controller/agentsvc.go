@@ -447,6 +447,12 @@ func (c *Controller) reportLocked(ctx context.Context, r *tvdv1.ReportRequest, p
 		if ack.GetPlanVersion() > c.s.planVer[n.Name] || ack.GetPlanVersion() < c.s.epoch<<32 {
 			continue
 		}
+		if peers, ok := c.peersAcked(n.Name, ack.GetPlanVersion()); ok && ack.GetPlanVersion() >= upd.AckedVersion && !slices.Equal(peers, upd.KnownPeers) {
+			if gained(upd.KnownPeers, peers) {
+				wakeAll = true // peers waiting for this node to know them
+			}
+			upd.KnownPeers = peers
+		}
 		if ack.GetPlanVersion() >= upd.AckedVersion {
 			upd.AckedVersion, upd.AckedAt, upd.AckedPolicy = ack.GetPlanVersion(), now, c.s.polVer
 			upd.Domains = map[string]domainState{}

@@ -4,7 +4,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -142,6 +144,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	sort.Strings(domains)
 	cross := c.crossPeers(node, members)
 	gw := c.gatewayPlan(members)
+	var sent []string
 	for _, d := range domains {
 		dp := &tvdv1.DomainPeers{Domain: d}
 		if comp != nil {
@@ -170,14 +173,17 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			if len(addrs) == 0 || !ok {
 				continue
 			}
-			var allowed []string
-			for _, a := range addrs {
-				if ip, err := netip.ParseAddr(a); err == nil {
-					allowed = append(allowed, netip.PrefixFrom(ip, ip.BitLen()).String())
+			sent = append(sent, peerKey(peer, key.PublicKey))
+			pe := &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint}
+			if c.peerReady(node, d, peer) {
+				for _, a := range addrs {
+					if ip, err := netip.ParseAddr(a); err == nil {
+						pe.AllowedIps = append(pe.AllowedIps, netip.PrefixFrom(ip, ip.BitLen()).String())
+					}
 				}
+				pe.Reach = gw.reachFor(node, d, peer)
 			}
-			dp.Peers = append(dp.Peers, &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint, AllowedIps: allowed,
-				Reach: gw.reachFor(node, d, peer)})
+			dp.Peers = append(dp.Peers, pe)
 		}
 		p.Peers = append(p.Peers, dp)
 	}
@@ -241,8 +247,89 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			s.planVer[node] = s.epoch << 32
 		}
 		s.planVer[node]++
+		slices.Sort(sent)
+		c.notePeersSent(node, s.planVer[node], slices.Compact(sent))
 	}
 	return p, s.planVer[node]
+}
+
+// peerKey is a peer as a plan lists it: its node and channel public key.
+func peerKey(node string, key []byte) string {
+	return node + "/" + base64.StdEncoding.EncodeToString(key)
+}
+
+// maxSentPlans bounds the unacknowledged plan versions whose peers are
+// remembered per node.
+const maxSentPlans = 16
+
+// peerReady reports whether node's plan may route traffic to peer in
+// domain d (give it the peer's allowed IPs): only once peer has
+// acknowledged a plan that lists node with the key node uses in d
+// (KnownPeers, kept in the store, so a controller restart holds nothing
+// back). Until then node knows peer's key and endpoint, so it accepts
+// peer's handshakes, but sends it nothing. This is the two-phase peer
+// add: a node's first packet to a new peer would otherwise start a
+// WireGuard handshake the peer drops (it does not know the node yet),
+// and wireguard-go retries only after 5 s. Each side of a new pair waits
+// for the other's acknowledgement, one report away.
+func (c *Controller) peerReady(node, d, peer string) bool {
+	n, p := c.s.nodes[node], c.s.nodes[peer]
+	if n == nil || p == nil {
+		return true
+	}
+	own, ok := n.ChannelKeys[d]
+	if !ok {
+		// The node opens its interface for d with this plan and publishes
+		// its key after: the peer cannot know it yet.
+		return false
+	}
+	_, found := slices.BinarySearch(p.KnownPeers, peerKey(node, own.PublicKey))
+	return found
+}
+
+// notePeersSent remembers the peers of node's plan version v.
+func (c *Controller) notePeersSent(node string, v uint64, peers []string) {
+	m := c.s.sentPeers[node]
+	if m == nil {
+		m = map[uint64][]string{}
+		c.s.sentPeers[node] = m
+	}
+	m[v] = peers
+	if len(m) > maxSentPlans {
+		oldest := v
+		for k := range m {
+			oldest = min(oldest, k)
+		}
+		delete(m, oldest)
+	}
+}
+
+// peersAcked returns the peers of node's plan version v, which it has
+// just acknowledged, and forgets that version and older ones; ok is false
+// for a version this controller run did not make (or no longer holds).
+func (c *Controller) peersAcked(node string, v uint64) (peers []string, ok bool) {
+	m := c.s.sentPeers[node]
+	peers, ok = m[v]
+	if !ok {
+		return nil, false
+	}
+	for k := range m {
+		if k <= v {
+			delete(m, k)
+		}
+	}
+	return peers, true
+}
+
+// gained reports whether sorted list b holds an element sorted list a
+// does not.
+func gained(a, b []string) bool {
+	for _, x := range b {
+		if _, ok := slices.BinarySearch(a, x); !ok {
+			return true
+		}
+	}
+	return false
 }
 
 // stamp fills a plan's version, nonce and times for sending.

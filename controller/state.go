@@ -41,7 +41,11 @@ type nodeRec struct {
 	AckedPolicy  uint64                 `json:"ackedPolicy,omitempty"`
 	Domains      map[string]domainState `json:"domains,omitempty"`
 	ChannelKeys  map[string]channelKey  `json:"channelKeys,omitempty"`
-	Left         bool                   `json:"left,omitempty"`
+	// KnownPeers are the peers of the last plan the node acknowledged, as
+	// peerKey.String(), sorted: what its WireGuard interfaces know (the
+	// two-phase peer add, see Controller.peerReady).
+	KnownPeers []string `json:"knownPeers,omitempty"`
+	Left       bool     `json:"left,omitempty"`
 	// EEs are the node's EEs as its agent last reported them.
 	EEs []eeSeen `json:"ees,omitempty"`
 	// TPM-assured nodes: the verifier's state (attest.NodeState) and what
@@ -157,6 +161,10 @@ type state struct {
 	epoch    uint64
 	planVer  map[string]uint64
 	planHash map[string][32]byte
+	// Two-phase peer adds (see peerReady): per node, the peers (node and
+	// channel key) of each plan version made and not yet acknowledged.
+	// An acknowledgement moves them to the node record (KnownPeers).
+	sentPeers map[string]map[uint64][]string
 	// ops are the EE operations (tvd ee), by id.
 	ops map[string]*eeOpRec
 
@@ -187,6 +195,8 @@ func newState() *state {
 		planVer:  map[string]uint64{},
 		planHash: map[string][32]byte{},
 		ops:      map[string]*eeOpRec{},
+
+		sentPeers: map[string]map[uint64][]string{},
 
 		indexed:   map[string]memberIndex{},
 		roleCount: map[[2]string]int{},
