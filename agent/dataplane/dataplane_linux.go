@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/channel"
@@ -419,13 +421,40 @@ func (d *DataPlane) openDomain(ds *domainSpec) (*domainState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
+	// Addresses of the domain that no peer carries (a peer not yet known,
+	// or held back by the two-phase peer add) go nowhere: without this a
+	// packet to one would follow the node's default route out over the
+	// underlay, in clear. More specific routes (peers, EE links) win.
+	if err := d.nl.RouteReplace(blackhole(ds.Prefix)); err != nil {
+		iface.Close()
+		return nil, fmt.Errorf("blackhole route for %s: %w", ds.Prefix, err)
+	}
 	d.log.Info("domain channel open", "domain", ds.Name, "iface", iface.Name(), "port", port, "address", ds.NodeAddr)
 	return &domainState{spec: ds, iface: iface, port: port}, nil
 }
 
+// blackhole is the route that drops what is sent to an overlay prefix and
+// routed nowhere more specific.
+func blackhole(p netip.Prefix) *netlink.Route {
+	p = p.Masked()
+	fam := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	return &netlink.Route{Dst: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+		Type: unix.RTN_BLACKHOLE, Family: fam, Priority: blackholeMetric}
+}
+
+// blackholeMetric ranks the blackhole route below any route to the same
+// prefix someone else installs.
+const blackholeMetric = 4000
+
 func (d *DataPlane) closeDomain(ctx context.Context, st *domainState) {
 	if err := st.iface.Close(); err != nil {
 		d.log.WarnContext(ctx, "close domain channel", "domain", st.spec.Name, "err", err)
+	}
+	if err := d.nl.RouteDel(blackhole(st.spec.Prefix)); err != nil && !errors.Is(err, unix.ESRCH) {
+		d.log.WarnContext(ctx, "remove blackhole route", "domain", st.spec.Name, "prefix", st.spec.Prefix, "err", err)
 	}
 	delete(d.domains, st.spec.Name)
 	d.log.InfoContext(ctx, "domain channel closed", "domain", st.spec.Name)
@@ -530,6 +559,9 @@ func (d *DataPlane) Close() error {
 	for _, st := range d.domains {
 		if err := st.iface.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("domain %s: %w", st.spec.Name, err))
+		}
+		if err := d.nl.RouteDel(blackhole(st.spec.Prefix)); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("domain %s: remove blackhole route: %w", st.spec.Name, err))
 		}
 	}
 	d.domains = nil

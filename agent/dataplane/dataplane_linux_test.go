@@ -280,8 +280,16 @@ func TestCloseRemovesEverything(t *testing.T) {
 	if len(l.ruleHandles("a")) == 0 || len(l.tableRules("a", NodeTable)) != 2 {
 		t.Fatal("no nftables rules after apply")
 	}
+	// Each domain's overlay prefix is a blackhole below the peers' routes:
+	// an address no peer carries is never sent out over the underlay.
+	if got, want := strings.Join(l.blackholes("a"), " "), "10.77.0.0/16 10.78.0.0/16"; got != want {
+		t.Errorf("blackhole routes %q, want %q", got, want)
+	}
 	if err := n.dp.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if got := l.blackholes("a"); len(got) != 0 {
+		t.Errorf("after close: blackhole routes %v left", got)
 	}
 	if after := l.links("a"); len(after) != len(before) {
 		t.Errorf("after close: links %v, want %v", after, before)

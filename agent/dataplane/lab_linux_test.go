@@ -742,6 +742,28 @@ func (l *lab) links(node string) map[string]int {
 	return out
 }
 
+// blackholes returns the blackhole routes of node's main table.
+func (l *lab) blackholes(node string) []string {
+	l.t.Helper()
+	h, err := netlink.NewHandleAt(l.nodes[node].ns)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer h.Close()
+	var out []string
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := h.RouteListFiltered(fam, &netlink.Route{Type: syscall.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
+		if err != nil {
+			l.t.Fatal(err)
+		}
+		for _, r := range rs {
+			out = append(out, r.Dst.String())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // ruleHandles returns the handles of every rule of the tvd table in node's
 // namespace: a rebuilt table gets new handles.
 func (l *lab) ruleHandles(node string) []uint64 { return l.tableRules(node, nft.TableName) }
