@@ -135,6 +135,12 @@ type Peer struct {
 	Unrouted []netip.Prefix
 	// PersistentKeepalive, in whole seconds (0 disables it, at most 65535 s).
 	PersistentKeepalive time.Duration
+	// Greet sends the peer a handshake as soon as it has allowed IPs (when
+	// it is added with some, or its allowed IPs were empty), so that a
+	// session is up before the first packet. Set it on one side of a pair
+	// only: two handshakes that cross cancel each other out until
+	// wireguard-go retries, 5 s later. It needs an endpoint.
+	Greet bool
 }
 
 // equal reports whether p and q configure wireguard-go identically. Both

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/device"
 )
@@ -78,11 +79,13 @@ func (c *core) setPeers(peers []Peer) error {
 			}
 			return fmt.Errorf("set peers: apply to wireguard-go: %w", err)
 		}
+		greet := greetings(c.peers, next)
 		c.peers = make(map[PublicKey]Peer, len(next))
 		for _, p := range next {
 			c.peers[p.PublicKey] = p
 		}
 		c.log.Info("peers updated", "added", d.added, "removed", d.removed, "updated", d.updated, "peers", len(next))
+		c.greetLocked(greet)
 	}
 	// Run even when no peer changed, so a failed route update is retried.
 	if c.afterPeers != nil {
@@ -91,6 +94,44 @@ func (c *core) setPeers(peers []Peer) error {
 		}
 	}
 	return nil
+}
+
+// greetings returns the peers of next to greet (see Peer.Greet): those
+// with Greet, an endpoint and allowed IPs that had none in cur.
+func greetings(cur map[PublicKey]Peer, next []Peer) []Peer {
+	var out []Peer
+	for _, p := range next {
+		if !p.Greet || !p.Endpoint.IsValid() || len(p.AllowedIPs) == 0 {
+			continue
+		}
+		if old, ok := cur[p.PublicKey]; ok && len(old.AllowedIPs) > 0 {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// greetLocked starts a handshake with each peer: turning a persistent
+// keepalive on makes wireguard-go send a keepalive at once, which needs a
+// session, so it sends a handshake initiation first; the keepalive is
+// then set back as configured. A failure only costs the head start.
+func (c *core) greetLocked(peers []Peer) {
+	for _, p := range peers {
+		on := fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=1\n", p.PublicKey.hex())
+		back := fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", p.PublicKey.hex(), int(p.PersistentKeepalive/time.Second))
+		if p.PersistentKeepalive != 0 {
+			continue // a new peer with a keepalive was greeted when added
+		}
+		if err := c.dev.IpcSet(on); err != nil {
+			c.log.Warn("greet peer", "peer", p.PublicKey, "err", err)
+			continue
+		}
+		if err := c.dev.IpcSet(back); err != nil {
+			c.log.Warn("greet peer: restore its keepalive", "peer", p.PublicKey, "err", err)
+		}
+		c.log.Debug("greeted peer", "peer", p.PublicKey, "endpoint", p.Endpoint)
+	}
 }
 
 // peerStatus returns the configured peers with their live state, sorted by

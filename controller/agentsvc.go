@@ -447,11 +447,11 @@ func (c *Controller) reportLocked(ctx context.Context, r *tvdv1.ReportRequest, p
 		if ack.GetPlanVersion() > c.s.planVer[n.Name] || ack.GetPlanVersion() < c.s.epoch<<32 {
 			continue
 		}
-		if peers, ok := c.peersAcked(n.Name, ack.GetPlanVersion()); ok && ack.GetPlanVersion() >= upd.AckedVersion && !slices.Equal(peers, upd.KnownPeers) {
-			if gained(upd.KnownPeers, peers) {
-				wakeAll = true // peers waiting for this node to know them
+		if peers, ok := c.peersAcked(n.Name, ack.GetPlanVersion()); ok && ack.GetPlanVersion() >= upd.AckedVersion {
+			if gained(upd.KnownPeers, peers.known) || gained(upd.RoutedPeers, peers.routed) {
+				wakeAll = true // peers waiting for this node to know them, or to route to them
 			}
-			upd.KnownPeers = peers
+			upd.KnownPeers, upd.RoutedPeers = peers.known, peers.routed
 		}
 		if ack.GetPlanVersion() >= upd.AckedVersion {
 			upd.AckedVersion, upd.AckedAt, upd.AckedPolicy = ack.GetPlanVersion(), now, c.s.polVer

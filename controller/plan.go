@@ -144,7 +144,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 	sort.Strings(domains)
 	cross := c.crossPeers(node, members)
 	gw := c.gatewayPlan(members)
-	var sent []string
+	var sent sentPeers
 	for _, d := range domains {
 		dp := &tvdv1.DomainPeers{Domain: d}
 		if comp != nil {
@@ -173,9 +173,14 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			if len(addrs) == 0 || !ok {
 				continue
 			}
-			sent = append(sent, peerKey(peer, key.PublicKey))
+			pk := peerKey(peer, key.PublicKey)
+			sent.known = append(sent.known, pk)
 			pe := &tvdv1.Peer{Node: peer, WireguardPublicKey: key.PublicKey, Endpoint: key.Endpoint}
 			if c.peerReady(node, d, peer) {
+				sent.routed = append(sent.routed, pk)
+				// The side that routes first greets; the other finds a
+				// session when its turn comes (see peerReady).
+				pe.Greet = node < peer
 				for _, a := range addrs {
 					if ip, err := netip.ParseAddr(a); err == nil {
 						pe.AllowedIps = append(pe.AllowedIps, netip.PrefixFrom(ip, ip.BitLen()).String())
@@ -247,8 +252,7 @@ func (c *Controller) planFor(node string) (*tvdv1.Plan, uint64) {
 			s.planVer[node] = s.epoch << 32
 		}
 		s.planVer[node]++
-		slices.Sort(sent)
-		c.notePeersSent(node, s.planVer[node], slices.Compact(sent))
+		c.notePeersSent(node, s.planVer[node], sent.sorted())
 	}
 	return p, s.planVer[node]
 }
@@ -262,16 +266,35 @@ func peerKey(node string, key []byte) string {
 // remembered per node.
 const maxSentPlans = 16
 
+// sentPeers are the peers of one plan: all it lists (known), and those
+// it routes traffic to (routed), each as peerKey, sorted once made.
+type sentPeers struct{ known, routed []string }
+
+func (p sentPeers) sorted() sentPeers {
+	slices.Sort(p.known)
+	slices.Sort(p.routed)
+	return sentPeers{known: slices.Compact(p.known), routed: slices.Compact(p.routed)}
+}
+
 // peerReady reports whether node's plan may route traffic to peer in
-// domain d (give it the peer's allowed IPs): only once peer has
-// acknowledged a plan that lists node with the key node uses in d
-// (KnownPeers, kept in the store, so a controller restart holds nothing
-// back). Until then node knows peer's key and endpoint, so it accepts
-// peer's handshakes, but sends it nothing. This is the two-phase peer
-// add: a node's first packet to a new peer would otherwise start a
-// WireGuard handshake the peer drops (it does not know the node yet),
-// and wireguard-go retries only after 5 s. Each side of a new pair waits
-// for the other's acknowledgement, one report away.
+// domain d (give it the peer's allowed IPs). This is the two-phase peer
+// add. Until it holds, node knows peer's key and endpoint, so it accepts
+// peer's handshakes, but sends it nothing:
+//
+//   - peer must have acknowledged a plan that lists node with the key node
+//     uses in d (KnownPeers, kept in the store, so a controller restart
+//     holds nothing back): a node's first packet to a peer that does not
+//     know it starts a WireGuard handshake the peer drops, and
+//     wireguard-go retries only after 5 s;
+//   - of the two, the one with the larger name also waits until the
+//     other has applied routes to it (RoutedPeers): two first packets
+//     crossing would start two handshakes that cancel each other out
+//     (each side answers the other's and drops the answer to its own),
+//     again until the 5 s retry. The first packet thus comes from one
+//     side, or finds a session. This cannot deadlock: the smaller routes
+//     to the larger as soon as the larger knows it, and a plan that lists
+//     a peer (the larger's, listing the smaller) is applied whatever its
+//     routes.
 func (c *Controller) peerReady(node, d, peer string) bool {
 	n, p := c.s.nodes[node], c.s.nodes[peer]
 	if n == nil || p == nil {
@@ -283,15 +306,22 @@ func (c *Controller) peerReady(node, d, peer string) bool {
 		// its key after: the peer cannot know it yet.
 		return false
 	}
-	_, found := slices.BinarySearch(p.KnownPeers, peerKey(node, own.PublicKey))
-	return found
+	me := peerKey(node, own.PublicKey)
+	if _, known := slices.BinarySearch(p.KnownPeers, me); !known {
+		return false
+	}
+	if node < peer {
+		return true
+	}
+	_, routed := slices.BinarySearch(p.RoutedPeers, me)
+	return routed
 }
 
 // notePeersSent remembers the peers of node's plan version v.
-func (c *Controller) notePeersSent(node string, v uint64, peers []string) {
+func (c *Controller) notePeersSent(node string, v uint64, peers sentPeers) {
 	m := c.s.sentPeers[node]
 	if m == nil {
-		m = map[uint64][]string{}
+		m = map[uint64]sentPeers{}
 		c.s.sentPeers[node] = m
 	}
 	m[v] = peers
@@ -307,11 +337,11 @@ func (c *Controller) notePeersSent(node string, v uint64, peers []string) {
 // peersAcked returns the peers of node's plan version v, which it has
 // just acknowledged, and forgets that version and older ones; ok is false
 // for a version this controller run did not make (or no longer holds).
-func (c *Controller) peersAcked(node string, v uint64) (peers []string, ok bool) {
+func (c *Controller) peersAcked(node string, v uint64) (peers sentPeers, ok bool) {
 	m := c.s.sentPeers[node]
 	peers, ok = m[v]
 	if !ok {
-		return nil, false
+		return sentPeers{}, false
 	}
 	for k := range m {
 		if k <= v {

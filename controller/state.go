@@ -45,7 +45,9 @@ type nodeRec struct {
 	// peerKey.String(), sorted: what its WireGuard interfaces know (the
 	// two-phase peer add, see Controller.peerReady).
 	KnownPeers []string `json:"knownPeers,omitempty"`
-	Left       bool     `json:"left,omitempty"`
+	// RoutedPeers are those of KnownPeers that plan routed traffic to.
+	RoutedPeers []string `json:"routedPeers,omitempty"`
+	Left        bool     `json:"left,omitempty"`
 	// EEs are the node's EEs as its agent last reported them.
 	EEs []eeSeen `json:"ees,omitempty"`
 	// TPM-assured nodes: the verifier's state (attest.NodeState) and what
@@ -164,7 +166,7 @@ type state struct {
 	// Two-phase peer adds (see peerReady): per node, the peers (node and
 	// channel key) of each plan version made and not yet acknowledged.
 	// An acknowledgement moves them to the node record (KnownPeers).
-	sentPeers map[string]map[uint64][]string
+	sentPeers map[string]map[uint64]sentPeers
 	// ops are the EE operations (tvd ee), by id.
 	ops map[string]*eeOpRec
 
@@ -196,7 +198,7 @@ func newState() *state {
 		planHash: map[string][32]byte{},
 		ops:      map[string]*eeOpRec{},
 
-		sentPeers: map[string]map[uint64][]string{},
+		sentPeers: map[string]map[uint64]sentPeers{},
 
 		indexed:   map[string]memberIndex{},
 		roleCount: map[[2]string]int{},

@@ -664,13 +664,20 @@ func (u *upRun) waitMembers(ctx context.Context) error {
 		snap, err := Observe(ctx, cl, u.st)
 		if err == nil {
 			last = snap
-			if snap.Ready() {
+			// A member is verified from its image's measurement, which its
+			// EE host takes just before it starts the EE: containers must
+			// also be running (their network namespaces exist) for the lab
+			// to be up.
+			if snap.Ready() && u.eesRunning() {
 				u.done("%d/%d", total, total)
 				return nil
 			}
 		}
 		if time.Now().After(deadline) {
 			msg := fmt.Sprintf("after %v not every EE is a verified member at assurance tpm", u.cfg.Timeout)
+			if last != nil && last.Ready() {
+				msg = fmt.Sprintf("after %v every EE is a verified member, but not every container runs (a network namespace is missing; see the agents' logs)", u.cfg.Timeout)
+			}
 			explained := last != nil
 			if last != nil {
 				for _, e := range last.EEs {
@@ -692,6 +699,22 @@ func (u *upRun) waitMembers(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// eesRunning reports whether every container EE of the lab has its
+// network namespace (always true for the process driver).
+func (u *upRun) eesRunning() bool {
+	if u.scen.EEIsolation != "strong" {
+		return true
+	}
+	for _, n := range u.st.Nodes {
+		for _, e := range n.EEs {
+			if _, err := os.Stat(eeNetNS(n, e.Name)); err != nil {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (u *upRun) process(name string) Process {

@@ -243,6 +243,7 @@ func readPeers(ds *domainSpec, local map[netip.Addr]string) ([]channel.Peer, err
 			return nil, fmt.Errorf("peer %q: public key of %d bytes, want %d", p.GetNode(), len(k), channel.KeyLen)
 		}
 		copy(peer.PublicKey[:], k)
+		peer.Greet = p.GetGreet()
 		if ep := p.GetEndpoint(); ep != "" {
 			ap, err := netip.ParseAddrPort(ep)
 			if err != nil {

@@ -1196,7 +1196,13 @@ type Peer struct {
 	// the matrix sends via gateways): accepted from and sent to the peer
 	// like allowed IPs, but routed only by the plan's gateway routes, and
 	// judged as traffic with that gateway.
-	Reach         []*GatewayReach `protobuf:"bytes,5,rep,name=reach,proto3" json:"reach,omitempty"`
+	Reach []*GatewayReach `protobuf:"bytes,5,rep,name=reach,proto3" json:"reach,omitempty"`
+	// This node sends the first handshake to the peer as soon as it routes
+	// traffic to it, before any traffic. The controller sets it on one side
+	// of each pair, the side it lets route first, so that the two sides'
+	// first handshakes never cross (crossing handshakes cancel each other
+	// out until wireguard-go's 5 s retry) and traffic finds a session.
+	Greet         bool `protobuf:"varint,6,opt,name=greet,proto3" json:"greet,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1264,6 +1270,13 @@ func (x *Peer) GetReach() []*GatewayReach {
 		return x.Reach
 	}
 	return nil
+}
+
+func (x *Peer) GetGreet() bool {
+	if x != nil {
+		return x.Greet
+	}
+	return false
 }
 
 // GatewayReach is one address reached through a gateway on a peer node.
@@ -2795,14 +2808,15 @@ const file_tvd_v1_agent_proto_rawDesc = "" +
 	"\vDomainPeers\x12\x16\n" +
 	"\x06domain\x18\x01 \x01(\tR\x06domain\x12%\n" +
 	"\x0eoverlay_prefix\x18\x02 \x01(\tR\roverlayPrefix\x12\"\n" +
-	"\x05peers\x18\x03 \x03(\v2\f.tvd.v1.PeerR\x05peers\"\xb5\x01\n" +
+	"\x05peers\x18\x03 \x03(\v2\f.tvd.v1.PeerR\x05peers\"\xcb\x01\n" +
 	"\x04Peer\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x120\n" +
 	"\x14wireguard_public_key\x18\x02 \x01(\fR\x12wireguardPublicKey\x12\x1a\n" +
 	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x12\x1f\n" +
 	"\vallowed_ips\x18\x04 \x03(\tR\n" +
 	"allowedIps\x12*\n" +
-	"\x05reach\x18\x05 \x03(\v2\x14.tvd.v1.GatewayReachR\x05reach\"T\n" +
+	"\x05reach\x18\x05 \x03(\v2\x14.tvd.v1.GatewayReachR\x05reach\x12\x14\n" +
+	"\x05greet\x18\x06 \x01(\bR\x05greet\"T\n" +
 	"\fGatewayReach\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06domain\x18\x02 \x01(\tR\x06domain\x12\x12\n" +
