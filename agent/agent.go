@@ -620,7 +620,12 @@ func (a *Agent) report(ctx context.Context) (*tvdv1.ReportResponse, error) {
 			return nil, fmt.Errorf("quote: %w", err)
 		}
 	}
-	resp, err := a.cl.Agent.Report(ctx, connect.NewRequest(req))
+	// A report stuck longer than this is retried (with the same nonce,
+	// unless the controller answered) rather than left to hang past the
+	// member's deadline.
+	rctx, cancel := context.WithTimeout(ctx, max(2*a.cfg.ReportEvery, 10*time.Second))
+	defer cancel()
+	resp, err := a.cl.Agent.Report(rctx, connect.NewRequest(req))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {

@@ -291,6 +291,12 @@ type node struct {
 	nonce   []byte
 	cursor  attest.Cursor
 	rng     *mrand.Rand
+
+	// A refused report spends the nonce: as the real agent does, the node
+	// reopens its plan stream (reopen), whose first plan carries a fresh
+	// one (fresh).
+	reopen chan struct{}
+	fresh  chan []byte
 }
 
 // Run enrols cfg.Agents simulated nodes with the controller, has each
@@ -601,7 +607,7 @@ func enrol(ctx context.Context, cfg *Config, enrolClient *client.Client, host, n
 		return nil, err
 	}
 	return &node{name: name, ee: ee, tpm: tp, cl: cl, keyHash: kh, nonce: act.Msg.GetNonce(),
-		rng: mrand.New(mrand.NewPCG(uint64(i), 0x7476_6466))}, nil
+		rng: mrand.New(mrand.NewPCG(uint64(i), 0x7476_6466)), reopen: make(chan struct{}, 1), fresh: make(chan []byte, 1)}, nil
 }
 
 // run reports every interval, starting at a random phase within the
@@ -621,15 +627,33 @@ func (n *node) run(ctx context.Context, cfg *Config, st *stats) {
 		if ctx.Err() != nil {
 			return
 		}
+		next := max(0, cfg.Interval-cfg.Now().Sub(began))
 		if err != nil {
 			st.errors.Add(1)
 			cfg.Logger.DebugContext(ctx, "report failed", "node", n.name, "err", err)
 			if !retry {
-				st.lost.Add(1)
-				return
+				// The nonce is spent: a fresh one from a reopened plan
+				// stream (not one an earlier stream left), then report.
+				select {
+				case <-n.fresh:
+				default:
+				}
+				select {
+				case n.reopen <- struct{}{}:
+				default:
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case n.nonce = <-n.fresh:
+				case <-time.After(cfg.Interval):
+					st.lost.Add(1)
+					return
+				}
 			}
+			next = min(next, time.Second) // retry soon, as the agent backs off
 		}
-		timer.Reset(max(0, cfg.Interval-cfg.Now().Sub(began)))
+		timer.Reset(next)
 	}
 }
 
@@ -638,15 +662,36 @@ func (n *node) run(ctx context.Context, cfg *Config, st *stats) {
 func (n *node) watch(ctx context.Context, cfg *Config, st *stats) {
 	var last uint64
 	for ctx.Err() == nil {
-		stream, err := n.cl.Agent.Watch(ctx, connect.NewRequest(&tvdv1.WatchRequest{Node: n.name, LastPlanVersion: last}))
+		sctx, cancel := context.WithCancel(ctx)
+		stream, err := n.cl.Agent.Watch(sctx, connect.NewRequest(&tvdv1.WatchRequest{Node: n.name, LastPlanVersion: last}))
+		reopened := make(chan struct{})
+		go func() {
+			select {
+			case <-n.reopen:
+				cancel()
+			case <-sctx.Done():
+			}
+			close(reopened)
+		}()
 		if err == nil {
+			first := true
 			for stream.Receive() {
 				last = stream.Msg().GetPlan().GetVersion()
 				st.plans.Add(1)
+				if nonce := stream.Msg().GetPlan().GetNextNonce(); first && len(nonce) > 0 {
+					select { // the report loop takes it if it waits for one
+					case <-n.fresh:
+					default:
+					}
+					n.fresh <- nonce
+				}
+				first = false
 			}
 			err = stream.Err()
 			stream.Close()
 		}
+		cancel()
+		<-reopened
 		if ctx.Err() != nil {
 			return
 		}
@@ -683,7 +728,11 @@ func (n *node) report(ctx context.Context, cfg *Config, st *stats) (retry bool, 
 		req.Pcrs = append(req.Pcrs, &tvdv1.PCRValue{HashAlg: 0x000B, Index: uint32(p.Index), Digest: p.Value[:]})
 	}
 	sent := cfg.Now()
-	resp, err := n.cl.Agent.Report(ctx, connect.NewRequest(req))
+	// A report that takes longer than an interval is of no use: give up
+	// and retry (as the agent does), rather than hang past the deadline.
+	rctx, cancel := context.WithTimeout(ctx, cfg.Interval)
+	defer cancel()
+	resp, err := n.cl.Agent.Report(rctx, connect.NewRequest(req))
 	if err != nil {
 		code := connect.CodeOf(err)
 		return code == connect.CodeUnavailable || code == connect.CodeDeadlineExceeded || code == connect.CodeUnknown, err
