@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -178,6 +179,11 @@ type Result struct {
 	// LostNodes stopped reporting after the controller refused a report
 	// (their nonce was spent); their members go stale.
 	LostNodes int
+	// StarvedNodes could not open a connection for want of a file
+	// descriptor in this process (the open files limit; see
+	// EnsureOpenFiles): the fleet's failure, not the controller's, though
+	// their members go stale too.
+	StarvedNodes int
 	// AppraisalsPerSec is Reports over Window.
 	AppraisalsPerSec float64
 	// Verdict latency: report sent → response received.
@@ -242,6 +248,7 @@ type stats struct {
 	lat         []time.Duration
 	errors      atomic.Int64
 	lost        atomic.Int64
+	starved     sync.Map // node names whose reports failed for want of a file descriptor
 	notVerified atomic.Int64
 	plans       atomic.Int64
 }
@@ -504,6 +511,7 @@ measure:
 	}
 	res.Errors = int(st.errors.Load())
 	res.LostNodes = int(st.lost.Load())
+	st.starved.Range(func(_, _ any) bool { res.StarvedNodes++; return true })
 	res.NotVerified = int(st.notVerified.Load())
 	res.Plans = int(st.plans.Load())
 	res.PlansInWindow = int(st.plans.Load() - plans0)
@@ -630,6 +638,9 @@ func (n *node) run(ctx context.Context, cfg *Config, st *stats) {
 		next := max(0, cfg.Interval-cfg.Now().Sub(began))
 		if err != nil {
 			st.errors.Add(1)
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				st.starved.Store(n.name, true)
+			}
 			cfg.Logger.DebugContext(ctx, "report failed", "node", n.name, "err", err)
 			if !retry {
 				// The nonce is spent: a fresh one from a reopened plan
