@@ -167,6 +167,8 @@ type usMember struct {
 	socks  *socksServer
 	expose []net.Listener
 	done   chan struct{}
+	ctx    context.Context // cancelled with done, by stop
+	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
@@ -466,6 +468,7 @@ func (u *Userspace) startMember(ms memberSpec, d *usDomain) (m *usMember, err er
 		dev = filter.WrapGateway(td, f)
 	}
 	m = &usMember{spec: ms, domain: d, filt: f, dev: dev, net: tnet, done: make(chan struct{})}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			m.stop()
@@ -540,23 +543,17 @@ func (m *usMember) forward(l net.Listener, target string, log *slog.Logger) {
 				return
 			}
 			defer out.Close()
-			stop := context.AfterFunc(doneContext(m.done), func() { c.Close(); out.Close() })
+			stop := context.AfterFunc(m.ctx, func() { c.Close(); out.Close() })
 			defer stop()
 			splice(c, out)
 		}()
 	}
 }
 
-// doneContext is a context cancelled when done is closed.
-func doneContext(done <-chan struct{}) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-done; cancel() }()
-	return ctx
-}
-
 // stop closes everything of m and waits for its goroutines.
 func (m *usMember) stop() {
 	close(m.done)
+	m.cancel()
 	if m.socks != nil {
 		m.socks.Close()
 	}
