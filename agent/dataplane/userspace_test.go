@@ -383,3 +383,123 @@ func TestUserspaceJoinLatency(t *testing.T) {
 	}
 	t.Logf("join latency: %v from the agents' start to the first connection between their members", time.Since(start).Round(time.Millisecond))
 }
+
+// recorder is a data plane that logs every plan it applies, in one
+// sequence shared by the nodes, before applying it.
+type recorder struct {
+	*dataplane.Userspace
+	node string
+	log  *planLog
+}
+
+type planLog struct {
+	mu    sync.Mutex
+	plans []recorded
+}
+
+type recorded struct {
+	node string
+	plan *tvdv1.Plan
+}
+
+func (r *recorder) Apply(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.DomainAck, []*tvdv1.ChannelKey, error) {
+	r.log.mu.Lock()
+	r.log.plans = append(r.log.plans, recorded{r.node, p})
+	r.log.mu.Unlock()
+	return r.Userspace.Apply(ctx, p)
+}
+
+// TestTwoPhasePeerAdd checks the controller's order of peer updates on
+// real plans from three agents joining at once: a node is given a peer's
+// allowed IPs only after that peer applied a plan listing the node's key;
+// of each pair the node with the smaller name is routed first and greets,
+// the other is routed only after the first applied its routes; and in the
+// end every pair routes both ways.
+func TestTwoPhasePeerAdd(t *testing.T) {
+	env := tvdtest.New(t, tvdtest.Options{Verbose: testing.Verbose()})
+	env.ApplyFiles(tvdtest.ImplicitOutsourcing(t))
+	log := &planLog{}
+	keys := map[string]string{} // node -> its yellow key, as the plans show it
+	for _, n := range []string{"n1", "n2", "n3"} {
+		dp, err := dataplane.NewUserspace(dataplane.UserspaceConfig{
+			Underlay: netip.MustParseAddr("127.0.0.1"), DataDir: filepath.Join(env.Dir, "agents", n),
+			Logger: env.Logger.With("node", n, "part", "dataplane")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dp.Close() })
+		env.StartAgentWith(agent.NodeConfig{Node: n, EEs: []agent.EEConfig{{Name: "mc-" + n, Domain: "yellow", Role: "management-console", Owner: "ibm-global-services"}}},
+			agent.Config{DataPlane: &recorder{Userspace: dp, node: n, log: log}})
+	}
+	routes := func(p *tvdv1.Plan, peer string) (listed, routed, greet bool, key string) {
+		for _, d := range p.GetPeers() {
+			for _, x := range d.GetPeers() {
+				if x.GetNode() == peer {
+					return true, len(x.GetAllowedIps()) > 0, x.GetGreet(), string(x.GetWireguardPublicKey())
+				}
+			}
+		}
+		return false, false, false, ""
+	}
+	tvdtest.Eventually(t, 20*time.Second, "every pair routing both ways", func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		last := map[string]*tvdv1.Plan{}
+		for _, r := range log.plans {
+			last[r.node] = r.plan
+		}
+		for _, a := range []string{"n1", "n2", "n3"} {
+			for _, b := range []string{"n1", "n2", "n3"} {
+				if a == b {
+					continue
+				}
+				if _, routed, _, key := routes(last[a], b); !routed {
+					return false
+				} else {
+					keys[b] = key
+				}
+			}
+		}
+		return true
+	})
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, a := range []string{"n1", "n2", "n3"} {
+		for _, b := range []string{"n1", "n2", "n3"} {
+			if a == b {
+				continue
+			}
+			// The first plan of a that routes to b, and what b had applied
+			// before it.
+			bKnowsA, bRoutesA := false, false
+			for _, r := range log.plans {
+				switch r.node {
+				case b:
+					listed, routed, _, key := routes(r.plan, a)
+					bKnowsA = bKnowsA || listed && key == keys[a]
+					bRoutesA = bRoutesA || routed
+				case a:
+					_, routed, greet, _ := routes(r.plan, b)
+					if !routed {
+						continue
+					}
+					if !bKnowsA {
+						t.Errorf("%s routed to %s before %s applied a plan with %s's key", a, b, b, a)
+					}
+					if a > b && !bRoutesA {
+						t.Errorf("%s (the larger name) routed to %s before %s routed to it", a, b, b)
+					}
+					if greet != (a < b) {
+						t.Errorf("%s's plan greets %s: %v, want %v (the smaller name greets)", a, b, greet, a < b)
+					}
+				}
+				if r.node == a {
+					if _, routed, _, _ := routes(r.plan, b); routed {
+						break
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d plans applied by three nodes joining at once", len(log.plans))
+}
