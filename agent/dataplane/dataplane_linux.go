@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -18,7 +17,6 @@ import (
 
 	tvdv1 "github.com/tvd-dev/tvd/api/gen/tvd/v1"
 	"github.com/tvd-dev/tvd/channel"
-	"github.com/tvd-dev/tvd/flow"
 	"github.com/tvd-dev/tvd/flow/nft"
 )
 
@@ -94,10 +92,9 @@ type DataPlane struct {
 	closed   bool
 	domains  map[string]*domainState
 	attached map[string]*attachment
-	matrixID string       // of the matrix last decoded
-	matrix   *flow.Matrix // decoded
-	flowID   string       // matrix id of the rules in force ("" for none)
-	flowOn   bool         // the nft table exists
+	matrices matrixCache
+	flowID   string // matrix id of the rules in force ("" for none)
+	flowOn   bool   // the nft table exists
 	sysctls  map[string]string
 	last     *tvdv1.Plan // the last plan read
 	gw       gwState     // gateway routing in force
@@ -317,40 +314,8 @@ func (d *DataPlane) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 		}
 	}
 
-	// Acknowledgements and keys.
-	names := make([]string, 0, len(want.Domains))
-	for name := range want.Domains {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	var acks []*tvdv1.DomainAck
-	var all []error
-	for _, name := range names {
-		if want.Domains[name].Err == errNoOverlay && len(domErr[name]) == 1 && d.domains[name] == nil {
-			// Not a failure: there is nothing to bring up.
-			acks = append(acks, &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: d.flowID, Error: errNoOverlay.Error()})
-			continue
-		}
-		errs := append(domErr[name], global...)
-		ack := &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_UP, FlowMatrixId: d.flowID}
-		if d.domains[name] == nil {
-			ack.Channel = tvdv1.ChannelState_CHANNEL_STATE_FAILED
-		}
-		if len(errs) > 0 {
-			ack.Channel = tvdv1.ChannelState_CHANNEL_STATE_FAILED
-			msgs := make([]string, len(errs))
-			for i, e := range errs {
-				msgs[i] = e.Error()
-			}
-			ack.Error = strings.Join(msgs, "; ")
-			all = append(all, fmt.Errorf("domain %s: %s", name, ack.Error))
-		}
-		acks = append(acks, ack)
-	}
-	if len(names) == 0 {
-		all = append(all, global...)
-	}
-	return acks, d.keysLocked(), errors.Join(all...)
+	acks, err := domainAcks(want, domErr, global, func(name string) bool { return d.domains[name] != nil }, d.flowID)
+	return acks, d.keysLocked(), err
 }
 
 // liveLinks returns the node namespace's links by ifindex, or nil if they
@@ -476,20 +441,14 @@ func (d *DataPlane) applyFlow(ctx context.Context, p *tvdv1.Plan, want *desired)
 		return nil
 	}
 	fp := p.GetFlow()
-	if fp == nil || len(fp.GetMatrix()) == 0 {
-		return errors.New("flow: the plan has members but no flow matrix; the rules in force are kept")
-	}
-	if d.matrix == nil || fp.GetMatrixId() != d.matrixID || fp.GetMatrixId() == "" {
-		m, err := flow.UnmarshalMatrix(fp.GetMatrix())
-		if err != nil {
-			return fmt.Errorf("flow: %w", err)
-		}
-		d.matrix, d.matrixID = m, fp.GetMatrixId()
+	m, err := d.matrices.decode(fp)
+	if err != nil {
+		return err
 	}
 	// Every overlay interface that exists or may exist is judged, including
 	// one kept open from an earlier plan while its domain's part of this
 	// plan is in error: an interface left out would not be filtered.
-	plan, warn := flowPlan(p, d.matrix, want, d.cfg.Controller, overlayNames(sortedKeys(want.Domains), sortedKeys(d.domains)))
+	plan, warn := flowPlan(p, m, want, d.cfg.Controller, overlayNames(sortedKeys(want.Domains), sortedKeys(d.domains)))
 	for _, w := range warn {
 		d.log.WarnContext(ctx, "flow plan", "problem", w)
 	}

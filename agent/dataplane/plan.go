@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"regexp"
 	"sort"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -479,4 +480,62 @@ func overlayNames(want, open []string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// matrixCache keeps the flow matrix last decoded from a plan, so that plans
+// with the same matrix id do not decode it again.
+type matrixCache struct {
+	id string
+	m  *flow.Matrix
+}
+
+// decode returns fp's matrix. A plan without one is an error: the rules in
+// force are kept.
+func (c *matrixCache) decode(fp *tvdv1.FlowPlan) (*flow.Matrix, error) {
+	if fp == nil || len(fp.GetMatrix()) == 0 {
+		return nil, errors.New("flow: the plan has members but no flow matrix; the rules in force are kept")
+	}
+	if c.m == nil || fp.GetMatrixId() != c.id || fp.GetMatrixId() == "" {
+		m, err := flow.UnmarshalMatrix(fp.GetMatrix())
+		if err != nil {
+			return nil, fmt.Errorf("flow: %w", err)
+		}
+		c.m, c.id = m, fp.GetMatrixId()
+	}
+	return c.m, nil
+}
+
+// domainAcks acknowledges each domain of a plan: UP when its channel is
+// open and nothing went wrong, DOWN for a domain without overlay that has
+// nothing open (not a failure), FAILED otherwise with the reasons (the
+// domain's, then the plan-wide ones). err joins every failure, by domain;
+// with no domains at all, the plan-wide problems.
+func domainAcks(want *desired, domErr map[string][]error, global []error, open func(domain string) bool, flowID string) ([]*tvdv1.DomainAck, error) {
+	names := sortedKeys(want.Domains)
+	var acks []*tvdv1.DomainAck
+	var all []error
+	for _, name := range names {
+		if want.Domains[name].Err == errNoOverlay && len(domErr[name]) == 1 && !open(name) {
+			acks = append(acks, &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: flowID, Error: errNoOverlay.Error()})
+			continue
+		}
+		errs := append(domErr[name], global...)
+		ack := &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_UP, FlowMatrixId: flowID}
+		if !open(name) || len(errs) > 0 {
+			ack.Channel = tvdv1.ChannelState_CHANNEL_STATE_FAILED
+		}
+		if len(errs) > 0 {
+			msgs := make([]string, len(errs))
+			for i, e := range errs {
+				msgs[i] = e.Error()
+			}
+			ack.Error = strings.Join(msgs, "; ")
+			all = append(all, fmt.Errorf("domain %s: %s", name, ack.Error))
+		}
+		acks = append(acks, ack)
+	}
+	if len(names) == 0 {
+		all = append(all, global...)
+	}
+	return acks, errors.Join(all...)
 }

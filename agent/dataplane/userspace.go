@@ -123,8 +123,8 @@ type Userspace struct {
 	closed   bool
 	domains  map[string]*usDomain
 	members  map[string]*usMember
-	matrixID string
-	matrix   *flow.Matrix
+	matrices matrixCache
+	matrix   *flow.Matrix // of the flow plan in force
 	flowID   string
 	fplan    *flow.Plan
 	last     *tvdv1.Plan
@@ -328,33 +328,7 @@ func (u *Userspace) applyLocked(ctx context.Context, p *tvdv1.Plan) ([]*tvdv1.Do
 		u.publishGateways(want)
 	}
 
-	var acks []*tvdv1.DomainAck
-	var all []error
-	names := sortedKeys(want.Domains)
-	for _, name := range names {
-		if want.Domains[name].Err == errNoOverlay && len(domErr[name]) == 1 && u.domains[name] == nil {
-			acks = append(acks, &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_DOWN, FlowMatrixId: u.flowID, Error: errNoOverlay.Error()})
-			continue
-		}
-		errs := append(domErr[name], global...)
-		ack := &tvdv1.DomainAck{Domain: name, Channel: tvdv1.ChannelState_CHANNEL_STATE_UP, FlowMatrixId: u.flowID}
-		if u.domains[name] == nil || len(errs) > 0 {
-			ack.Channel = tvdv1.ChannelState_CHANNEL_STATE_FAILED
-		}
-		if len(errs) > 0 {
-			msgs := make([]string, len(errs))
-			for i, e := range errs {
-				msgs[i] = e.Error()
-			}
-			ack.Error = strings.Join(msgs, "; ")
-			all = append(all, fmt.Errorf("domain %s: %s", name, ack.Error))
-		}
-		acks = append(acks, ack)
-	}
-	if len(names) == 0 {
-		all = append(all, global...)
-	}
-	err = errors.Join(all...)
+	acks, err := domainAcks(want, domErr, global, func(name string) bool { return u.domains[name] != nil }, u.flowID)
 	if err != nil {
 		u.log.WarnContext(ctx, "plan not fully applied", "version", p.GetVersion(), "err", err)
 	}
@@ -370,19 +344,13 @@ func (u *Userspace) applyFlow(p *tvdv1.Plan, want *desired) error {
 		return nil
 	}
 	fp := p.GetFlow()
-	if fp == nil || len(fp.GetMatrix()) == 0 {
-		return errors.New("flow: the plan has members but no flow matrix; the rules in force are kept")
-	}
-	if u.matrix == nil || fp.GetMatrixId() != u.matrixID || fp.GetMatrixId() == "" {
-		m, err := flow.UnmarshalMatrix(fp.GetMatrix())
-		if err != nil {
-			return fmt.Errorf("flow: %w", err)
-		}
-		u.matrix, u.matrixID = m, fp.GetMatrixId()
+	m, err := u.matrices.decode(fp)
+	if err != nil {
+		return err
 	}
 	// The domains' devices are the plan's overlay interfaces (the reach
 	// entries name them); the filters judge members' hops only.
-	plan, warn := flowPlan(p, u.matrix, want, u.cfg.Controller, overlayNames(sortedKeys(want.Domains), sortedKeys(u.domains)))
+	plan, warn := flowPlan(p, m, want, u.cfg.Controller, overlayNames(sortedKeys(want.Domains), sortedKeys(u.domains)))
 	for _, w := range warn {
 		u.log.Warn("flow plan", "problem", w)
 	}
@@ -394,7 +362,7 @@ func (u *Userspace) applyFlow(p *tvdv1.Plan, want *desired) error {
 			return fmt.Errorf("flow: member %q: %w", ee, err)
 		}
 	}
-	u.fplan, u.flowID = plan, fp.GetMatrixId()
+	u.fplan, u.flowID, u.matrix = plan, fp.GetMatrixId(), m
 	return nil
 }
 
