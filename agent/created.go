@@ -41,28 +41,34 @@ func loadCreated(dir string) ([]EEConfig, error) {
 // rememberCreated records e as created here (replacing an entry of the
 // same name).
 func (a *Agent) rememberCreated(e EEConfig) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	list, err := loadCreated(a.cfg.DataDir)
-	if err != nil {
-		return err
-	}
 	e.WorkloadDir = ""
-	list = slices.DeleteFunc(list, func(x EEConfig) bool { return x.Name == e.Name })
-	return a.saveCreated(append(list, e))
+	return a.updateCreated(func(list []EEConfig) []EEConfig {
+		return append(slices.DeleteFunc(list, func(x EEConfig) bool { return x.Name == e.Name }), e)
+	})
 }
 
 // forgetCreated drops ee from the record (it left the node).
 func (a *Agent) forgetCreated(ee string) error {
+	return a.updateCreated(func(list []EEConfig) []EEConfig {
+		return slices.DeleteFunc(list, func(x EEConfig) bool { return x.Name == ee })
+	})
+}
+
+// updateCreated rewrites the record with change applied, unless change
+// left it as it was.
+func (a *Agent) updateCreated(change func([]EEConfig) []EEConfig) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	list, err := loadCreated(a.cfg.DataDir)
 	if err != nil {
 		return err
 	}
-	n := len(list)
-	list = slices.DeleteFunc(list, func(x EEConfig) bool { return x.Name == ee })
-	if len(list) == n {
+	before, err := json.Marshal(list)
+	if err != nil {
+		return err
+	}
+	list = change(list)
+	if after, err := json.Marshal(list); err == nil && string(after) == string(before) {
 		return nil
 	}
 	return a.saveCreated(list)
