@@ -140,10 +140,33 @@ func summary(m memberJSON) []string {
 	return out
 }
 
-// startOutsourcing applies case study 1 with implicit trust (the policy
-// must be the first one) and starts its three agents as processes against
-// the controller URL(s), reporting every 300 ms.
-func startOutsourcing(t *testing.T, dir string, env []string, url string) {
+// controllerProc is a controller started by startController.
+type controllerProc struct {
+	*proc
+	data, addr, url string
+	env             []string // names its admin credential (TVD_CREDS)
+}
+
+// startController runs a controller process with its data in DIR/controller
+// on a free loopback port, and waits until it listens and has written the
+// admin credential.
+func startController(t *testing.T, dir string) *controllerProc {
+	t.Helper()
+	c := &controllerProc{data: filepath.Join(dir, "controller"), addr: freePort(t)}
+	c.url = "https://" + c.addr
+	c.proc = startProc(t, "controller", "controller", "--data", c.data, "--listen", c.addr)
+	creds := filepath.Join(c.data, "admin")
+	tvdtest.Eventually(t, 20*time.Second, "the admin credential", func() bool {
+		_, err := os.Stat(filepath.Join(creds, "controller"))
+		return err == nil && strings.Contains(c.log.String(), "controller listening")
+	})
+	c.env = []string{"TVD_CREDS=" + creds}
+	return c
+}
+
+// applyOutsourcing writes case study 1 with implicit trust to DIR/policy
+// and applies it (it must be the controller's first policy).
+func applyOutsourcing(t *testing.T, dir string, env []string) {
 	t.Helper()
 	pol := filepath.Join(dir, "policy")
 	os.MkdirAll(pol, 0o755)
@@ -155,6 +178,14 @@ func startOutsourcing(t *testing.T, dir string, env []string, url string) {
 	if out := run(t, env, "policy", "apply", pol, "-m", "case study 1"); !strings.Contains(out, "stored policy version 1") {
 		t.Fatalf("policy apply: %s", out)
 	}
+}
+
+// startOutsourcing applies case study 1 with implicit trust (the policy
+// must be the first one) and starts its three agents as processes against
+// the controller URL(s), reporting every 300 ms.
+func startOutsourcing(t *testing.T, dir string, env []string, url string) {
+	t.Helper()
+	applyOutsourcing(t, dir, env)
 	nodes := map[string]string{
 		"mgmt": "node: mgmt\nees:\n  - {name: yellow-dc, domain: yellow, role: domain-controller, owner: ibm-global-services}\n  - {name: yellow-gw, domain: yellow, role: gateway, owner: ibm-global-services}\n  - {name: red-gw, domain: red, role: gateway, owner: outsourcing-customer}\n  - {name: red-dc, domain: red, role: domain-controller, owner: outsourcing-customer}\n",
 		"pc1":  "node: pc1\nees:\n  - {name: yellow-mc1, domain: yellow, role: management-console}\n  - {name: red-client1, domain: red, role: client-os}\n",
@@ -175,16 +206,9 @@ func startOutsourcing(t *testing.T, dir string, env []string, url string) {
 // membership, the CA and the policy versions must be intact.
 func TestControllerAndAgentsAsProcesses(t *testing.T) {
 	dir := t.TempDir()
-	data := filepath.Join(dir, "controller")
-	addr := freePort(t)
-	url := "https://" + addr
-	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr)
+	ctl := startController(t, dir)
+	data, addr, url, env := ctl.data, ctl.addr, ctl.url, ctl.env
 	creds := filepath.Join(data, "admin")
-	tvdtest.Eventually(t, 20*time.Second, "the admin credential", func() bool {
-		_, err := os.Stat(filepath.Join(creds, "controller"))
-		return err == nil && strings.Contains(ctl.log.String(), "controller listening")
-	})
-	env := []string{"TVD_CREDS=" + creds}
 	caBefore, err := os.ReadFile(filepath.Join(creds, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)

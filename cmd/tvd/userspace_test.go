@@ -27,24 +27,9 @@ import (
 // reaches a red client on its own node through both gateways on another).
 func TestUserspaceDataPlaneProcesses(t *testing.T) {
 	dir := t.TempDir()
-	data := filepath.Join(dir, "controller")
-	addr := freePort(t)
-	url := "https://" + addr
-	ctl := startProc(t, "controller", "controller", "--data", data, "--listen", addr)
-	creds := filepath.Join(data, "admin")
-	tvdtest.Eventually(t, 20*time.Second, "the admin credential", func() bool {
-		_, err := os.Stat(filepath.Join(creds, "controller"))
-		return err == nil && strings.Contains(ctl.log.String(), "controller listening")
-	})
-	env := []string{"TVD_CREDS=" + creds}
-	pol := filepath.Join(dir, "policy")
-	os.MkdirAll(pol, 0o755)
-	for _, f := range tvdtest.ImplicitOutsourcing(t) {
-		if err := os.WriteFile(filepath.Join(pol, filepath.Base(f.Name)), f.Content, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run(t, env, "policy", "apply", pol, "-m", "case study 1")
+	ctl := startController(t, dir)
+	url, env := ctl.url, ctl.env
+	applyOutsourcing(t, dir, env)
 
 	type ee struct{ name, node, domain, role, owner, port string }
 	ees := []ee{
